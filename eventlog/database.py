@@ -1,0 +1,38 @@
+"""Engine creation, with the SQLite settings the log's ordering guarantee relies on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+
+def make_engine(url: str, **options: Any) -> Engine:
+    """Create an engine for ``url``; SQLite gets WAL mode and ``BEGIN IMMEDIATE``.
+
+    On SQLite every transaction takes the write lock at BEGIN: that serializes publishers
+    (so commit order is id order, as on PostgreSQL with the counter's row lock) and
+    avoids the deadlock of two readers that both try to upgrade to writers.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True, **options)
+
+    engine = create_engine(parsed, connect_args={"timeout": 30}, **options)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

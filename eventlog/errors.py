@@ -1,0 +1,71 @@
+"""The errors a caller can get, each rendered as RFC 9457 problem details.
+
+    EventlogError                 base: HTTP status, a problem type, a message for the caller
+    ├── InvalidRequest        400 malformed JSON, a bad event, a bad query parameter or header
+    ├── PayloadTooLarge       413 a request body over EVENTLOG_MAX_REQUEST_BYTES
+    ├── UnsupportedMediaType  415 a publish whose Content-Type is not JSON
+    └── IdempotencyConflict   422 an Idempotency-Key reused for a different request
+
+The message is shown to the caller as ``detail``, so it names the problem and never
+carries configuration or other secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PROBLEM_BASE = "tag:eventlog,2026:problem:"
+
+
+class EventlogError(Exception):
+    """Base of every error eventlog reports to a caller."""
+
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+    def __init__(self, detail: str, **extensions: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extensions = extensions
+
+    def problem(self) -> dict[str, Any]:
+        """The RFC 9457 problem-details object for this error."""
+        return problem(self.status, self.title, self.detail, slug=self.slug, **self.extensions)
+
+
+class InvalidRequest(EventlogError):
+    slug = "invalid-request"
+    title = "Invalid request"
+
+
+class PayloadTooLarge(EventlogError):
+    status = 413
+    slug = "payload-too-large"
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(EventlogError):
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+class IdempotencyConflict(EventlogError):
+    status = 422
+    slug = "idempotency-key-reused"
+    title = "Idempotency key reused"
+
+
+def problem(
+    status: int, title: str, detail: str, *, slug: str | None = None, **extensions: Any
+) -> dict[str, Any]:
+    """A problem-details object; without a ``slug`` the type is ``about:blank``."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + slug if slug else "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    body.update(extensions)
+    return body

@@ -1,0 +1,181 @@
+"""The hub: one per process, it turns doorbells into events for local subscribers.
+
+On each ring, and every ``poll_seconds`` without one, the hub reads ``id > cursor`` from
+SQL once (never once per client) and hands each subscriber the events of its streams.
+The periodic read is what makes a lost notification (Redis down, a publisher that died
+after commit) a delay instead of a loss.
+
+Each subscriber has a bounded buffer. When a push would overflow it, the buffer is
+dropped and the subscriber is flagged; its stream then catches up from SQL from its own
+cursor (see ``stream.py``), so a slow reader costs at most ``buffer`` events of memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Iterable
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from .notify import Notifier
+from .store import EventFilter, StoredEvent, head, query
+
+log = logging.getLogger(__name__)
+
+
+class Subscription:
+    """A local subscriber's bounded buffer of live events, filled by the hub."""
+
+    def __init__(self, streams: frozenset[str], limit: int) -> None:
+        self.streams = streams  # empty: every stream
+        self._limit = limit
+        self._events: list[StoredEvent] = []
+        self._overflowed = False
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+
+    def push(self, events: list[StoredEvent]) -> None:
+        """Add events (in id order); past the limit, drop everything and flag an overflow."""
+        with self._lock:
+            if self._overflowed:
+                return  # the reader will re-read all of it from SQL anyway
+            if len(self._events) + len(events) > self._limit:
+                self._events = []
+                self._overflowed = True
+            else:
+                self._events.extend(events)
+            self._ready.set()
+
+    def take(self, timeout: float) -> tuple[list[StoredEvent], bool] | None:
+        """Wait up to ``timeout`` for events; return them and whether any were dropped.
+
+        None means nothing arrived in time. After a ``True`` the buffer starts afresh, so
+        everything from then on arrives here again.
+        """
+        if not self._ready.wait(timeout):
+            return None
+        with self._lock:
+            events, overflowed = self._events, self._overflowed
+            self._events, self._overflowed = [], False
+            self._ready.clear()
+        return events, overflowed
+
+
+class Hub:
+    """Reads new events from SQL on each doorbell and fans them out to local subscribers."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        notifier: Notifier,
+        *,
+        poll_seconds: float = 1.0,
+        buffer: int = 1000,
+        page_size: int = 1000,
+    ) -> None:
+        self._engine = engine
+        self._notifier = notifier
+        self._poll_seconds = poll_seconds
+        self._buffer = buffer
+        self._page_size = page_size
+        self._lock = threading.Lock()
+        self._by_stream: defaultdict[str, set[Subscription]] = defaultdict(set)
+        self._everything: set[Subscription] = set()
+        self._cursor = 0
+        self._rung = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def subscriber_count(self) -> int:
+        with self._lock:
+            return len(self._everything) + sum(len(s) for s in self._by_stream.values())
+
+    def subscribe(self, streams: Iterable[str] = ()) -> Subscription:
+        """Register a subscriber: every event committed after this call reaches its buffer."""
+        self.start()
+        subscription = Subscription(frozenset(streams), self._buffer)
+        with self._lock:
+            if subscription.streams:
+                for stream in subscription.streams:
+                    self._by_stream[stream].add(subscription)
+            else:
+                self._everything.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            self._everything.discard(subscription)
+            for stream in subscription.streams:
+                subscribers = self._by_stream.get(stream)
+                if subscribers is not None:
+                    subscribers.discard(subscription)
+                    if not subscribers:
+                        del self._by_stream[stream]
+
+    def ring(self, last_id: int | None) -> None:
+        """A doorbell: ids up to ``last_id`` (None: unknown) may be waiting in SQL."""
+        if last_id is None or last_id > self._cursor:
+            self._rung.set()
+
+    def start(self) -> None:
+        """Start the hub's threads (greenlets under gevent) on first use; idempotent."""
+        with self._lock:
+            if self._threads:
+                return
+            with self._engine.connect() as conn:
+                self._cursor = head(conn)
+            self._threads = [
+                threading.Thread(target=self._run, name="eventlog-hub", daemon=True),
+                threading.Thread(
+                    target=self._notifier.listen,
+                    args=(self.ring, self._stop),
+                    name="eventlog-doorbell",
+                    daemon=True,
+                ),
+            ]
+            for thread in self._threads:
+                thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._rung.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._rung.wait(self._poll_seconds)
+            self._rung.clear()
+            try:
+                self._catch_up()
+            except SQLAlchemyError as error:
+                log.warning("hub could not read new events (%s); retrying", type(error).__name__)
+
+    def _catch_up(self) -> None:
+        """Read everything after the cursor, page by page, and fan it out."""
+        while not self._stop.is_set():
+            with self._engine.connect() as conn:
+                events = query(conn, EventFilter(after=self._cursor), limit=self._page_size)
+            if not events:
+                return
+            self._fan_out(events)
+            if len(events) < self._page_size:
+                return
+
+    def _fan_out(self, events: list[StoredEvent]) -> None:
+        # Under the lock, so a subscriber registers either before a batch (and gets it
+        # pushed) or after the cursor moved past it (and its replay reads it from SQL).
+        with self._lock:
+            per_subscriber: dict[Subscription, list[StoredEvent]] = {}
+            for event in events:
+                for subscription in self._by_stream.get(event.stream, ()):
+                    per_subscriber.setdefault(subscription, []).append(event)
+            for subscription in self._everything:
+                subscription.push(events)
+            for subscription, matching in per_subscriber.items():
+                subscription.push(matching)
+            self._cursor = events[-1].id

@@ -1,0 +1,66 @@
+"""The tables: the event log, the id counter that orders it, and idempotency keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, Index, Integer, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names, so Alembic can find and change them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments INTEGER; ids here are assigned by the counter anyway.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Event(Base):
+    """One stored event. ``data`` holds the event's JSON text exactly as it is sent out."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)
+    stream: Mapped[str] = mapped_column(String(200))
+    type: Mapped[str] = mapped_column(String(200))
+    data: Mapped[str] = mapped_column(Text)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_events_stream_id", "stream", "id"),
+        Index("ix_events_time", "time"),
+    )
+
+
+class Counter(Base):
+    """The single row whose ``last_id`` is the newest committed event id (the log's head).
+
+    Publishing increments it inside the publishing transaction; the row lock held until
+    commit is what makes commit order equal id order.
+    """
+
+    __tablename__ = "event_counter"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_id: Mapped[int] = mapped_column(Id)
+
+
+class IdempotencyKey(Base):
+    """The first result of a publish made with an ``Idempotency-Key`` header."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    first_id: Mapped[int | None] = mapped_column(Id)
+    last_id: Mapped[int | None] = mapped_column(Id)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))

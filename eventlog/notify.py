@@ -1,0 +1,114 @@
+"""Doorbells: after a commit, tell every process's hub that the log has grown.
+
+A notification carries only ids (``{"first": 41, "last": 43}``); the hub reads the events
+themselves from SQL. So a lost notification delays delivery (until the hub's periodic
+head check) and never loses an event.
+
+    LocalNotifier   one process: rings the hub directly (the embedded default)
+    RedisNotifier   many processes: rings the local hub, and PUBLISHes for the others;
+                    ``listen`` holds the process's one Redis subscription
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import redis
+
+log = logging.getLogger(__name__)
+
+Ring = Callable[[int | None], None]
+"""Called with the newest id announced, or None for "something may have been missed"."""
+
+
+class Notifier(Protocol):
+    def announce(self, first_id: int, last_id: int) -> None:
+        """Announce ids that have just committed. Never raises: delivery does not depend on it."""
+
+    def listen(self, ring: Ring, stop: threading.Event) -> None:
+        """Call ``ring`` for every announcement, from any process, until ``stop`` is set."""
+
+
+class LocalNotifier:
+    """In-process notifications, for a single server process."""
+
+    def __init__(self) -> None:
+        self._rings: list[Ring] = []
+
+    def announce(self, first_id: int, last_id: int) -> None:
+        for ring in list(self._rings):
+            ring(last_id)
+
+    def listen(self, ring: Ring, stop: threading.Event) -> None:
+        self._rings.append(ring)
+        try:
+            stop.wait()
+        finally:
+            self._rings.remove(ring)
+
+
+class RedisNotifier(LocalNotifier):
+    """Redis pub/sub notifications, shared by every process that uses the same channel."""
+
+    def __init__(self, url: str, channel: str, *, retry_seconds: float = 1.0) -> None:
+        super().__init__()
+        self.channel = channel
+        self.retry_seconds = retry_seconds
+        self._client = redis.Redis.from_url(
+            url, socket_connect_timeout=1.0, socket_timeout=1.0, health_check_interval=10
+        )
+        self._publish_paused_until = 0.0
+
+    def announce(self, first_id: int, last_id: int) -> None:
+        super().announce(first_id, last_id)
+        if time.monotonic() < self._publish_paused_until:
+            return  # Redis failed a moment ago; the other hubs' head checks cover the gap
+        try:
+            self._client.publish(self.channel, json.dumps({"first": first_id, "last": last_id}))
+        except redis.RedisError as error:
+            self._publish_paused_until = time.monotonic() + self.retry_seconds
+            log.warning("redis publish failed (%s); other processes will poll", type(error).__name__)
+
+    def listen(self, ring: Ring, stop: threading.Event) -> None:
+        self._rings.append(ring)
+        try:
+            while not stop.is_set():
+                try:
+                    self._subscribe(ring, stop)
+                except redis.RedisError as error:
+                    log.warning("redis subscription lost (%s); retrying", type(error).__name__)
+                    stop.wait(self.retry_seconds)
+        finally:
+            self._rings.remove(ring)
+
+    def ping(self) -> bool:
+        """Whether Redis answers (for readiness checks)."""
+        try:
+            return bool(self._client.ping())
+        except redis.RedisError:
+            return False
+
+    def _subscribe(self, ring: Ring, stop: threading.Event) -> None:
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.channel)
+            # Anything announced while we were not subscribed is in SQL: re-read once.
+            ring(None)
+            while not stop.is_set():
+                message = pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    ring(_last_id(message["data"]))
+        finally:
+            pubsub.close()
+
+
+def _last_id(payload: bytes) -> int | None:
+    try:
+        return int(json.loads(payload)["last"])
+    except (ValueError, KeyError, TypeError):
+        return None

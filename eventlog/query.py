@@ -1,0 +1,78 @@
+"""The audit query's parameters: one parser shared by the HTTP API and the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from .errors import InvalidRequest
+from .store import EventFilter
+from .validation import check_name
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+PARAMETERS = frozenset({"stream", "type", "after", "before", "since", "until", "limit", "order"})
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    where: EventFilter
+    limit: int = DEFAULT_LIMIT
+    newest_first: bool = False
+
+
+def parse_audit_query(params: Iterable[tuple[str, str]]) -> AuditQuery:
+    """Parse ``(name, value)`` pairs (names may repeat) into a query, or raise InvalidRequest."""
+    values: dict[str, list[str]] = {}
+    for name, value in params:
+        if name not in PARAMETERS:
+            raise InvalidRequest(f"unknown query parameter {name[:50]!r}")
+        values.setdefault(name, []).append(value)
+
+    def single(name: str) -> str | None:
+        given = values.get(name)
+        if given and len(given) > 1:
+            raise InvalidRequest(f"query parameter {name!r} may be given once")
+        return given[0] if given else None
+
+    order = single("order") or "asc"
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("'order' must be 'asc' or 'desc'")
+    where = EventFilter(
+        streams=tuple(check_name(s, "stream name") for s in values.get("stream", ())),
+        types=tuple(check_name(t, "event type") for t in values.get("type", ())),
+        after=_id("after", single("after")),
+        before=_id("before", single("before")),
+        since=_time("since", single("since")),
+        until=_time("until", single("until")),
+    )
+    limit = _id("limit", single("limit"))
+    if limit is None:
+        limit = DEFAULT_LIMIT
+    elif not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequest(f"'limit' must be between 1 and {MAX_LIMIT}")
+    return AuditQuery(where, limit, order == "desc")
+
+
+def _id(name: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit()) or len(value) > 19:
+        raise InvalidRequest(f"{name!r} must be a whole number >= 0, got {value[:40]!r}")
+    return int(value)
+
+
+def _time(name: str, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise InvalidRequest(
+            f"{name!r} must be an RFC 3339 time with a zone, like 2026-11-24T09:00:00Z;"
+            f" got {value[:40]!r}"
+        )
+    return moment

@@ -1,0 +1,59 @@
+"""``eventlog serve``: gunicorn with gevent workers, so an idle SSE connection costs a
+greenlet (a few kilobytes), not a thread."""
+
+from __future__ import annotations
+
+import resource
+import warnings
+from typing import Any
+
+from flask import Flask
+from gevent.monkey import MonkeyPatchWarning
+from gunicorn.app.base import BaseApplication
+
+
+class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
+    """A gunicorn application that builds the eventlog app inside each worker."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        # Imported here, in the worker, after gevent has patched the standard library.
+        from .app import create_app
+
+        return create_app()
+
+
+def serve(host: str, port: int, workers: int, connections: int) -> None:
+    """Run the server in the foreground until it is told to stop."""
+    _raise_open_file_limit(connections + 100)
+    # The worker patches the standard library after the fork, once this process has imported
+    # redis; the only module that kept unpatched ssl names is redis.asyncio, which is unused.
+    warnings.filterwarnings("ignore", "Monkey-patching ssl", MonkeyPatchWarning)
+    Server(
+        {
+            "bind": f"{host}:{port}",
+            "workers": workers,
+            "worker_class": "gevent",
+            "worker_connections": connections,
+            # SSE connections never finish by themselves: don't wait long for them on shutdown.
+            "graceful_timeout": 5,
+            "keepalive": 5,
+            # Several servers may run on one host; gunicorn's control socket path would clash.
+            "control_socket_disable": True,
+        }
+    ).run()
+
+
+def _raise_open_file_limit(wanted: int) -> None:
+    """Each connection is a file descriptor; the usual soft limit of 1,024 is far too low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

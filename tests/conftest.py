@@ -1,0 +1,269 @@
+"""Fixtures: the app on both backends, real PostgreSQL and Redis, and real server processes.
+
+PostgreSQL and Redis come from EVENTLOG_TEST_POSTGRES_URL and EVENTLOG_TEST_REDIS_URL
+(defaulting to the local servers). When one is unreachable its tests skip with the reason,
+or fail when EVENTLOG_TEST_REQUIRE_SERVICES=1 (as on CI).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
+
+from eventlog import EventLog, create_app
+from eventlog.database import make_engine
+from eventlog.migrate import upgrade
+
+POSTGRES_URL = os.environ.get(
+    "EVENTLOG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("EVENTLOG_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REQUIRE_SERVICES = os.environ.get("EVENTLOG_TEST_REQUIRE_SERVICES") == "1"
+EVENTLOG_BIN = Path(sys.executable).with_name("eventlog")
+
+
+def unavailable(reason: str) -> None:
+    """Skip the test for a missing service, or fail when CI requires every service."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (EVENTLOG_TEST_REQUIRE_SERVICES=1)")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- databases -----------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def postgres_engine() -> Iterator[Engine]:
+    """The migrated PostgreSQL test database (shared by the session, emptied per test)."""
+    engine = make_engine(POSTGRES_URL)
+    try:
+        with engine.connect():
+            pass
+    except OperationalError:
+        unavailable(f"PostgreSQL is not reachable at {engine.url.render_as_string()}")
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS events, event_counter, idempotency_keys, alembic_version"))
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def empty_postgres(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE events, idempotency_keys"))
+        conn.execute(text("UPDATE event_counter SET last_id = 0"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database on each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'eventlog.db'}"
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        return url
+    engine = request.getfixturevalue("postgres_engine")
+    empty_postgres(engine)
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_engine: Engine) -> str:
+    """The PostgreSQL test database, migrated and empty."""
+    empty_postgres(postgres_engine)
+    return POSTGRES_URL
+
+
+# --- redis -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def redis_available() -> str:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError:
+        unavailable(f"Redis is not reachable at {REDIS_URL}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_url(redis_available: str) -> str:
+    return redis_available
+
+
+@pytest.fixture
+def redis_channel() -> str:
+    """A channel of this test's own, so concurrent test runs never hear each other."""
+    return f"eventlog-test-{uuid.uuid4().hex}"
+
+
+@dataclass
+class RedisServer:
+    """A redis-server of the test's own, on a free port, that the test may stop and restart."""
+
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_until(lambda: redis.Redis(port=self.port, socket_connect_timeout=0.2).ping())
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server is not installed")
+    server = RedisServer(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+# --- the app in-process -------------------------------------------------------------------
+
+@pytest.fixture
+def app(database_url: str) -> Iterator[Flask]:
+    app = create_app({"DATABASE_URL": database_url, "POLL_SECONDS": 0.2, "HEARTBEAT_SECONDS": 1})
+    yield app
+    eventlog: EventLog = app.extensions["eventlog"]
+    eventlog.hub.stop()
+    eventlog.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def eventlog(app: Flask) -> EventLog:
+    extension: EventLog = app.extensions["eventlog"]
+    return extension
+
+
+# --- real server processes -------------------------------------------------------------------
+
+@dataclass
+class Server:
+    """An ``eventlog serve`` process; ``url`` is its base URL."""
+
+    port: int
+    env: dict[str, str]
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [str(EVENTLOG_BIN), "serve", "--port", str(self.port), "--no-migrate", *self.args],
+            env=self.env,
+        )
+        wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200)
+
+    def kill(self) -> None:
+        """Kill -9: no cleanup, as in a crash."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., Server]]:
+    """Start ``eventlog serve`` processes: ``start_server(database_url, redis_url=None, ...)``.
+
+    Extra keyword arguments become EVENTLOG_* settings (``POLL_SECONDS=0.5``); ``args`` are
+    extra command-line arguments. Every server is stopped when the test ends.
+    """
+    servers: list[Server] = []
+
+    def start(
+        database_url: str,
+        redis_url: str | None = None,
+        *,
+        args: list[str] | None = None,
+        port: int | None = None,
+        **settings: Any,
+    ) -> Server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLOG_")}
+        env["EVENTLOG_DATABASE_URL"] = database_url
+        if redis_url:
+            env["EVENTLOG_REDIS_URL"] = redis_url
+        env.update({f"EVENTLOG_{k}": str(v) for k, v in settings.items()})
+        server = Server(port or free_port(), env, args or [])
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def wait_until(check: Callable[[], object], timeout: float = 15.0, interval: float = 0.05) -> None:
+    """Retry ``check`` until it returns truthy without raising; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)

@@ -1,0 +1,67 @@
+"""Small clients the tests share: publish over HTTP and read an SSE stream."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from eventlog.sse import Decoder, Message
+
+
+def publish(base_url: str, stream: str, data: Any, *, type: str | None = None) -> dict[str, Any]:
+    """POST one event and return the stored event."""
+    body: dict[str, Any] = {"data": data}
+    if type is not None:
+        body["type"] = type
+    response = httpx.post(f"{base_url}/streams/{stream}/events", json=body, timeout=10)
+    assert response.status_code == 201, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def sse_messages(response: httpx.Response, on_first_bytes: threading.Event | None = None) -> Iterator[Message]:
+    """The SSE messages of a streaming response, decoded as a browser would.
+
+    ``on_first_bytes`` is set when the first bytes arrive: the server sends them only after
+    it has registered the subscriber, so from then on no event can be missed.
+    """
+    decoder = Decoder()
+    for chunk in response.iter_raw():
+        if on_first_bytes is not None:
+            on_first_bytes.set()
+        yield from decoder.feed(chunk)
+
+
+class Listener:
+    """Reads an SSE URL in a background thread, collecting messages until closed."""
+
+    def __init__(self, url: str, *, last_event_id: int | None = None) -> None:
+        self.url = url
+        self.messages: list[Message] = []
+        self.connected = threading.Event()
+        self._headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            self._headers["Last-Event-ID"] = str(last_event_id)
+        self._client = httpx.Client(timeout=httpx.Timeout(10, read=60))
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def ids(self) -> list[int]:
+        return [int(m.id) for m in list(self.messages) if m.event != "reset"]
+
+    def _run(self) -> None:
+        try:
+            with self._client.stream("GET", self.url, headers=self._headers) as response:
+                for message in sse_messages(response, self.connected):
+                    self.messages.append(message)
+        except (httpx.HTTPError, RuntimeError):
+            pass  # closed by the test
+        finally:
+            self.connected.set()
+
+    def close(self) -> None:
+        self._client.close()
+        self._thread.join(timeout=5)
