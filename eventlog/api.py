@@ -75,8 +75,16 @@ def all_events() -> Response:
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    """Liveness: the process answers. Also reports this process's live subscriber count."""
-    return _json({"status": "ok", "subscribers": current_eventlog().hub.subscriber_count})
+    """Liveness: the process answers. Also reports this process's live subscribers and how
+    many events wait in their buffers."""
+    subscriptions = current_eventlog().hub.subscriptions()
+    return _json(
+        {
+            "status": "ok",
+            "subscribers": len(subscriptions),
+            "buffered_events": sum(s.pending for s in subscriptions),
+        }
+    )
 
 
 @bp.get("/readyz")

@@ -37,6 +37,11 @@ class Subscription:
         self._lock = threading.Lock()
         self._ready = threading.Event()
 
+    @property
+    def pending(self) -> int:
+        """How many events wait in the buffer."""
+        return len(self._events)
+
     def push(self, events: list[StoredEvent]) -> None:
         """Add events (in id order); past the limit, drop everything and flag an overflow."""
         with self._lock:
@@ -90,9 +95,14 @@ class Hub:
         self._threads: list[threading.Thread] = []
 
     @property
-    def subscriber_count(self) -> int:
+    def cursor(self) -> int:
+        """The last id fanned out."""
+        return self._cursor
+
+    def subscriptions(self) -> set[Subscription]:
+        """The local subscribers, right now."""
         with self._lock:
-            return len(self._everything) + sum(len(s) for s in self._by_stream.values())
+            return self._everything.union(*self._by_stream.values())
 
     def subscribe(self, streams: Iterable[str] = ()) -> Subscription:
         """Register a subscriber: every event committed after this call reaches its buffer."""

@@ -42,9 +42,11 @@ def event_stream(
     """
     subscription = hub.subscribe(streams)
     try:
-        yield sse.retry(retry_ms)  # the first bytes go out at once, so headers flush
         with engine.connect() as conn:
             newest = head(conn)
+        # The first bytes go out at once, so headers flush; by now the subscriber is
+        # registered and positioned, so nothing published from here on can be missed.
+        yield sse.retry(retry_ms)
         cursor = newest if resume_after is None else resume_after
         if cursor > newest:
             yield sse.encode(

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from sqlalchemy.exc import OperationalError
 from eventlog import EventLog, create_app
 from eventlog.database import make_engine
 from eventlog.migrate import upgrade
+from helpers import free_port, wait_until
 
 POSTGRES_URL = os.environ.get(
     "EVENTLOG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -44,12 +43,6 @@ def unavailable(reason: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"{reason} (EVENTLOG_TEST_REQUIRE_SERVICES=1)")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- databases -----------------------------------------------------------------------
@@ -252,18 +245,3 @@ def start_server() -> Iterator[Callable[..., Server]]:
     yield start
     for server in servers:
         server.stop()
-
-
-def wait_until(check: Callable[[], object], timeout: float = 15.0, interval: float = 0.05) -> None:
-    """Retry ``check`` until it returns truthy without raising; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)

@@ -1,0 +1,167 @@
+"""The replay→live handover of one subscriber, driven in-process (no HTTP in the way)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterable, Iterator
+
+import pytest
+
+from eventlog import EventLog
+from eventlog.hub import Hub, Subscription
+from eventlog.notify import LocalNotifier
+from eventlog.sse import Decoder, Message
+from eventlog.store import head
+from eventlog.stream import event_stream
+from helpers import wait_until
+
+
+def read_until(stream: Iterator[str], last_id: int, timeout: float = 20) -> list[Message]:
+    """Decode the stream until the event with ``last_id`` arrives."""
+    decoder = Decoder()
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        messages += decoder.feed(next(stream))
+        if any(m.id == str(last_id) for m in messages):
+            return messages
+    raise AssertionError(f"event {last_id} did not arrive; got up to {messages[-1:]}")
+
+
+def publish_many(eventlog: EventLog, count: int, rng: random.Random, streams: list[str]) -> None:
+    published = 0
+    while published < count:
+        size = min(rng.choice([1, 1, 2, 7]), count - published)
+        events = [{"data": published + i} for i in range(size)]
+        stream = rng.choice(streams)
+        from eventlog.validation import parse_events
+
+        parsed, _ = parse_events(stream, events, max_data_bytes=1000, max_batch=100)
+        eventlog.append(parsed)
+        published += size
+        if rng.random() < 0.3:
+            time.sleep(rng.random() / 200)
+
+
+def test_handover_has_no_gap_and_no_duplicate(eventlog: EventLog) -> None:
+    """Invariant 3, over many randomized runs: events are published while the subscriber
+    replays (in small pages, so replay and publishing overlap); the subscriber gets every id
+    after its resume point exactly once, in order. Subscribing only after the replay, the
+    naive order, loses the events committed in between."""
+    rng = random.Random(20261124)
+    for run in range(20):
+        publish_many(eventlog, rng.randint(0, 20), rng, ["a"])
+        with eventlog.engine.connect() as conn:
+            before = head(conn)
+        resume, count = rng.randint(0, before), rng.randint(1, 60)
+        publisher = threading.Thread(target=publish_many, args=(eventlog, count, random.Random(run), ["a"]))
+        stream = event_stream(
+            eventlog.engine, eventlog.hub, [], resume,
+            heartbeat_seconds=0.2, retry_ms=100, page_size=rng.choice([1, 2, 5, 100]),
+        )
+        publisher.start()
+        assert next(stream).startswith("retry: 100")  # subscribed; the replay is next
+        messages = read_until(stream, before + count)
+        publisher.join()
+        stream.close()
+        assert [int(m.id) for m in messages] == list(range(resume + 1, before + count + 1)), f"run {run}"
+
+
+class RacingHub(Hub):
+    """A real hub, with an event committed and fanned out just before each subscriber
+    registers: the moment where a naive handover (replay, then subscribe) loses it."""
+
+    def __init__(self, eventlog: EventLog) -> None:
+        super().__init__(eventlog.engine, eventlog.notifier, poll_seconds=0.05)
+        self.eventlog = eventlog
+
+    def subscribe(self, streams: Iterable[str] = ()) -> Subscription:
+        self.start()
+        racing = self.eventlog.publish("a", "racing")
+        wait_until(lambda: self.cursor >= racing.id)
+        return super().subscribe(streams)
+
+
+def test_event_committed_while_subscribing_is_not_lost(eventlog: EventLog) -> None:
+    for i in range(3):
+        eventlog.publish("a", i)
+    hub = RacingHub(eventlog)
+    stream = event_stream(eventlog.engine, hub, [], 1, heartbeat_seconds=0.2, retry_ms=100, page_size=1)
+    messages = read_until(stream, 4)
+    stream.close()
+    hub.stop()
+    assert [(m.id, m.data) for m in messages] == [("2", "1"), ("3", "2"), ("4", '"racing"')]
+
+
+def test_stream_filter_delivers_only_its_streams_in_order(eventlog: EventLog) -> None:
+    rng = random.Random(7)
+    stream = event_stream(eventlog.engine, eventlog.hub, ["a", "c"], 0, heartbeat_seconds=0.2, retry_ms=100, page_size=3)
+    next(stream)
+    publish_many(eventlog, 200, rng, ["a", "b", "c"])
+    with eventlog.engine.connect() as conn:
+        from eventlog.store import EventFilter, query
+
+        wanted = [e.id for e in query(conn, EventFilter(streams=("a", "c")), limit=1000)]
+    messages = read_until(stream, wanted[-1])
+    stream.close()
+    assert [int(m.id) for m in messages] == wanted
+
+
+def test_slow_reader_has_a_bounded_buffer_and_still_gets_everything(eventlog: EventLog) -> None:
+    """Invariant 5: a subscriber that stops reading holds at most ``buffer`` events in
+    memory; when it reads again it catches up from SQL, missing nothing."""
+    hub = Hub(eventlog.engine, LocalNotifier(), poll_seconds=0.05, buffer=10)
+    stream = event_stream(eventlog.engine, hub, [], 0, heartbeat_seconds=0.2, retry_ms=100)
+    next(stream)  # subscribed, then the reader stalls (as on a blocked socket write)
+    rng = random.Random(3)
+    publish_many(eventlog, 500, rng, ["a"])
+    wait_until(lambda: hub.cursor == 500)
+    [subscription] = hub.subscriptions()
+    assert subscription.pending <= 10
+    messages = read_until(stream, 500)
+    assert [int(m.id) for m in messages] == list(range(1, 501))
+    stream.close()
+    assert hub.subscriptions() == set()
+    hub.stop()
+
+
+def test_resume_point_beyond_head_gets_a_reset_event_then_live(eventlog: EventLog) -> None:
+    eventlog.publish("a", 1)
+    stream = event_stream(eventlog.engine, eventlog.hub, [], 99, heartbeat_seconds=0.2, retry_ms=100)
+    next(stream)
+    reset = read_until(stream, 1)
+    assert reset == [Message('{"requested": 99, "head": 1}', "reset", "1")]
+    eventlog.publish("a", 2)
+    assert [m.data for m in read_until(stream, 2)] == ["2"]
+    stream.close()
+
+
+def test_without_resume_point_only_new_events_arrive(eventlog: EventLog) -> None:
+    eventlog.publish("a", "old")
+    stream = event_stream(eventlog.engine, eventlog.hub, [], None, heartbeat_seconds=0.2, retry_ms=100)
+    next(stream)
+    eventlog.publish("a", "new")
+    assert [m.data for m in read_until(stream, 2)] == ['"new"']
+    stream.close()
+
+
+def test_idle_stream_sends_heartbeats(eventlog: EventLog) -> None:
+    stream = event_stream(eventlog.engine, eventlog.hub, [], None, heartbeat_seconds=0.05, retry_ms=100)
+    next(stream)
+    assert next(stream) == ": heartbeat\n\n"
+    stream.close()
+    assert eventlog.hub.subscriptions() == set()
+
+
+@pytest.mark.parametrize("payload", ["line\u2028sep", "next\u0085line", "form\x0cfeed", "cr\rlf\n", "😀"])
+def test_payload_with_line_separators_arrives_intact(eventlog: EventLog, payload: str) -> None:
+    stream = event_stream(eventlog.engine, eventlog.hub, [], 0, heartbeat_seconds=0.2, retry_ms=100)
+    next(stream)
+    stored = eventlog.publish("a", {"text": payload})
+    [message] = read_until(stream, stored.id)
+    import json
+
+    assert json.loads(message.data) == {"text": payload}
+    stream.close()
