@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from importlib.resources import files
 from typing import Any
 from urllib.parse import urlencode
 
@@ -102,6 +103,12 @@ def readyz() -> Response:
         checks["redis"] = "ok" if eventlog.notifier.ping() else "unreachable"
     ready = all(state == "ok" for state in checks.values())
     return _json({"status": "ready" if ready else "unavailable", **checks}, 200 if ready else 503)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI description of this API."""
+    return Response(files(__package__).joinpath("openapi.json").read_bytes(), mimetype=JSON)
 
 
 def handle_error(error: Exception) -> Response:

@@ -7,16 +7,20 @@ import json
 import sys
 
 import click
-from flask import Flask
-
 from .app import create_app
+from .config import ConfigError
 from .errors import EventlogError
 from .query import MAX_LIMIT, parse_audit_query
 from .service import EventLog
 from .store import query as query_events
 
 
-def _eventlog(app: Flask) -> EventLog:
+def _eventlog() -> EventLog:
+    """The configured EventLog; a bad setting becomes a one-line error, not a traceback."""
+    try:
+        app = create_app()
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
     extension: EventLog = app.extensions["eventlog"]
     return extension
 
@@ -47,8 +51,7 @@ def main() -> None:
 )
 def serve(host: str, port: int, workers: int, connections: int, migrate: bool) -> None:
     """Run the HTTP server (gunicorn with gevent workers)."""
-    app = create_app()
-    eventlog = _eventlog(app)
+    eventlog = _eventlog()
     if workers > 1 and not eventlog.settings.redis_url:
         click.echo(
             "note: without EVENTLOG_REDIS_URL each worker learns of the others' events"
@@ -76,7 +79,7 @@ def upgrade(revision: str) -> None:
     """Apply migrations up to REVISION."""
     from .migrate import current, upgrade as run_upgrade
 
-    engine = _eventlog(create_app()).engine
+    engine = _eventlog().engine
     run_upgrade(engine, revision)
     click.echo(f"database at revision {current(engine)}")
 
@@ -86,7 +89,7 @@ def current() -> None:
     """Print the revision the database is at ("none" before the first upgrade)."""
     from .migrate import current as revision
 
-    click.echo(revision(_eventlog(create_app()).engine) or "none")
+    click.echo(revision(_eventlog().engine) or "none")
 
 
 @main.command()
@@ -100,7 +103,7 @@ def publish(stream: str, data: str, type_: str) -> None:
     except ValueError as error:
         raise click.BadParameter(f"not JSON: {error}", param_hint="DATA") from None
     try:
-        stored = _eventlog(create_app()).publish(stream, value, type=type_)
+        stored = _eventlog().publish(stream, value, type=type_)
     except EventlogError as error:
         raise click.ClickException(error.detail) from None
     click.echo(stored.to_json())
@@ -137,7 +140,7 @@ def query(
         audit = parse_audit_query(params)
     except EventlogError as error:
         raise click.ClickException(error.detail) from None
-    engine = _eventlog(create_app()).engine
+    engine = _eventlog().engine
     bound = "before" if audit.newest_first else "after"
     where, printed = audit.where, 0
     while limit is None or printed < limit:

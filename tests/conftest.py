@@ -215,6 +215,16 @@ class Server:
             self.process = None
 
 
+def server_env(database_url: str, redis_url: str | None = None, **settings: Any) -> dict[str, str]:
+    """The environment of a server process: this one's, with only the given EVENTLOG_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLOG_")}
+    env["EVENTLOG_DATABASE_URL"] = database_url
+    if redis_url:
+        env["EVENTLOG_REDIS_URL"] = redis_url
+    env.update({f"EVENTLOG_{k}": str(v) for k, v in settings.items()})
+    return env
+
+
 @pytest.fixture
 def start_server() -> Iterator[Callable[..., Server]]:
     """Start ``eventlog serve`` processes: ``start_server(database_url, redis_url=None, ...)``.
@@ -232,11 +242,7 @@ def start_server() -> Iterator[Callable[..., Server]]:
         port: int | None = None,
         **settings: Any,
     ) -> Server:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTLOG_")}
-        env["EVENTLOG_DATABASE_URL"] = database_url
-        if redis_url:
-            env["EVENTLOG_REDIS_URL"] = redis_url
-        env.update({f"EVENTLOG_{k}": str(v) for k, v in settings.items()})
+        env = server_env(database_url, redis_url, **settings)
         server = Server(port or free_port(), env, args or [])
         server.start()
         servers.append(server)

@@ -1,0 +1,113 @@
+"""Live streams from a real ``eventlog serve`` process (gunicorn + gevent), on both backends."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from conftest import POSTGRES_URL, Server, empty_postgres, server_env
+from eventlog.database import make_engine
+from eventlog.migrate import upgrade
+from helpers import Listener, free_port, publish, wait_until
+
+SSE = {"Accept": "text/event-stream"}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server per backend for the module; tests use streams of their own."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('live') / 'eventlog.db'}"
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+    else:
+        empty_postgres(request.getfixturevalue("postgres_engine"))
+        url = POSTGRES_URL
+    server = Server(free_port(), server_env(url, HEARTBEAT_SECONDS=1, RETRY_MS=500, POLL_SECONDS=0.5), [])
+    server.start()
+    yield server
+    server.stop()
+
+
+def subscribers(server: Server) -> int:
+    return int(httpx.get(f"{server.url}/healthz").json()["subscribers"])
+
+
+def test_headers_and_first_bytes_arrive_at_once(server: Server) -> None:
+    with httpx.Client() as client, client.stream(
+        "GET", f"{server.url}/streams/orders/events", headers={**SSE, "Accept-Encoding": "gzip"}
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert response.headers["cache-control"] == "no-cache"
+        assert response.headers["x-accel-buffering"] == "no"
+        assert "content-encoding" not in response.headers  # never compressed: it would buffer
+        assert next(response.iter_raw()) == b"retry: 500\n\n"
+
+
+def test_replay_then_live_across_streams(server: Server) -> None:
+    ids = [publish(server.url, "r-a" if i % 2 == 0 else "r-b", i)["id"] for i in range(3)]
+    publish(server.url, "r-c", "other")
+    listener = Listener(f"{server.url}/events?stream=r-a&stream=r-b", last_event_id=ids[0])
+    assert listener.connected.wait(10)
+    publish(server.url, "r-c", "other")
+    ids.append(publish(server.url, "r-b", {"live": "\u2028\u0085\x0c"}, type="changed")["id"])
+    wait_until(lambda: listener.ids() == ids[1:])
+    listener.close()
+    assert [(m.event, json.loads(m.data)) for m in listener.messages] == [
+        ("message", 1), ("message", 2), ("changed", {"live": "\u2028\u0085\x0c"})
+    ]
+
+
+def test_header_wins_over_query_parameter(server: Server) -> None:
+    ids = [publish(server.url, "h", i)["id"] for i in range(4)]
+    listener = Listener(f"{server.url}/streams/h/events?last_event_id={ids[0]}", last_event_id=ids[2])
+    wait_until(lambda: listener.ids() == ids[3:])
+    listener.close()
+    listener = Listener(f"{server.url}/streams/h/events?last_event_id={ids[1]}")
+    wait_until(lambda: listener.ids() == ids[2:])
+    listener.close()
+
+
+def test_malformed_resume_point_is_a_400_problem(server: Server) -> None:
+    response = httpx.get(f"{server.url}/streams/a/events", headers={**SSE, "Last-Event-ID": "abc"})
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "resume point" in response.json()["detail"]
+
+
+def test_resume_point_beyond_head_is_reset_not_a_hang(server: Server) -> None:
+    head = publish(server.url, "z", 1)["id"]
+    listener = Listener(f"{server.url}/streams/z/events", last_event_id=head + 1000)
+    wait_until(lambda: listener.messages)
+    later = publish(server.url, "z", 2)["id"]
+    wait_until(lambda: listener.ids() == [later])
+    listener.close()
+    reset = listener.messages[0]
+    assert (reset.event, reset.id, json.loads(reset.data)) == (
+        "reset", str(head), {"requested": head + 1000, "head": head}
+    )
+
+
+def test_closed_client_frees_its_subscription_within_a_heartbeat(server: Server) -> None:
+    wait_until(lambda: subscribers(server) == 0, timeout=5)  # earlier tests' clients are gone
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    with sock:
+        sock.sendall(b"GET /streams/c/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        received = b""
+        while b"retry:" not in received:
+            received += sock.recv(4096)
+        assert subscribers(server) == 1
+    closed = time.monotonic()
+    wait_until(lambda: subscribers(server) == 0, timeout=5)
+    assert time.monotonic() - closed < 1 + 1.5  # the heartbeat is 1 s here
+
+
+def test_readyz_reports_the_database(server: Server) -> None:
+    assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready", "database": "ok"}

@@ -1,0 +1,116 @@
+"""Announcements: after the commit, never before, carrying the stored ids; on real Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import redis
+from flask import Flask
+
+from eventlog import EventLog, create_app
+from eventlog.notify import RedisNotifier
+from eventlog.store import EventFilter, query
+from helpers import free_port, wait_until
+
+
+def visible_ids(eventlog: EventLog, first: int, last: int) -> list[int]:
+    """The ids in [first, last] that a separate connection can see (that is, committed)."""
+    with eventlog.engine.connect() as conn:
+        return [e.id for e in query(conn, EventFilter(after=first - 1, before=last + 1), limit=1000)]
+
+
+def test_in_process_announcement_follows_the_commit(eventlog: EventLog) -> None:
+    heard: list[tuple[int | None, list[int]]] = []
+
+    def ring(last_id: int | None) -> None:
+        # Runs inside announce(): whatever is announced must already be committed.
+        assert last_id is not None
+        heard.append((last_id, visible_ids(eventlog, 1, last_id)))
+
+    stop = threading.Event()
+    listener = threading.Thread(target=eventlog.notifier.listen, args=(ring, stop))
+    listener.start()
+    wait_until(lambda: eventlog.notifier._rings)  # noqa: SLF001  (listening)
+    eventlog.publish("a", 1)
+    stop.set()
+    listener.join()
+    assert heard == [(1, [1])]
+
+
+@pytest.fixture
+def redis_app(database_url: str, redis_url: str, redis_channel: str) -> Flask:
+    app = create_app(
+        {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "REDIS_CHANNEL": redis_channel}
+    )
+    yield app
+    app.extensions["eventlog"].engine.dispose()
+
+
+def test_redis_announcement_follows_the_commit_and_carries_the_ids(
+    redis_app: Flask, redis_url: str, redis_channel: str
+) -> None:
+    eventlog: EventLog = redis_app.extensions["eventlog"]
+    subscriber = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
+    subscriber.subscribe(redis_channel)
+    wait_until(lambda: subscriber.get_message(timeout=0.1) is None and subscriber.subscribed)
+
+    response = redis_app.test_client().post("/streams/a/events", json=[{"data": i} for i in range(3)])
+    assert response.status_code == 201
+    stored = [e["id"] for e in response.json["events"]]
+
+    message = None
+    while message is None:
+        message = subscriber.get_message(timeout=5)
+    # When the message is heard the rows are already visible to another connection.
+    seen_then = visible_ids(eventlog, stored[0], stored[-1])
+    subscriber.close()
+    assert json.loads(message["data"]) == {"first": stored[0], "last": stored[-1]}
+    assert seen_then == stored
+
+
+def test_idempotent_replay_is_not_announced_again(
+    redis_app: Flask, redis_url: str, redis_channel: str
+) -> None:
+    subscriber = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
+    subscriber.subscribe(redis_channel)
+    wait_until(lambda: subscriber.get_message(timeout=0.1) is None and subscriber.subscribed)
+    client = redis_app.test_client()
+    for _ in range(2):
+        client.post("/streams/a/events", json={"data": 1}, headers={"Idempotency-Key": "once"})
+    messages = []
+    while (message := subscriber.get_message(timeout=0.5)) is not None:
+        messages.append(message)
+    subscriber.close()
+    assert len(messages) == 1
+
+
+def test_publish_succeeds_while_redis_is_down(database_url: str) -> None:
+    """Invariant 2: the notification is an optimisation; the event is stored regardless."""
+    app = create_app(
+        {"DATABASE_URL": database_url, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    )
+    client = app.test_client()
+    for i in range(3):
+        assert client.post("/streams/a/events", json={"data": i}).status_code == 201
+    assert [e["data"] for e in client.get("/events").json["events"]] == [0, 1, 2]
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json == {"status": "unavailable", "database": "ok", "redis": "unreachable"}
+    app.extensions["eventlog"].engine.dispose()
+
+
+def test_redis_listener_rings_on_every_announcement(redis_url: str, redis_channel: str) -> None:
+    """Two notifiers on one channel stand for two processes: one hears the other."""
+    speaker = RedisNotifier(redis_url, redis_channel)
+    hearer = RedisNotifier(redis_url, redis_channel)
+    heard: list[int | None] = []
+    stop = threading.Event()
+    listener = threading.Thread(target=hearer.listen, args=(heard.append, stop))
+    listener.start()
+    wait_until(lambda: None in heard)  # subscribed: it rings once to re-read what it missed
+    speaker.announce(5, 9)
+    wait_until(lambda: 9 in heard)
+    stop.set()
+    listener.join()
