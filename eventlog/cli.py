@@ -141,7 +141,6 @@ def query(
     except EventlogError as error:
         raise click.ClickException(error.detail) from None
     engine = _eventlog().engine
-    bound = "before" if audit.newest_first else "after"
     where, printed = audit.where, 0
     while limit is None or printed < limit:
         page_size = MAX_LIMIT if limit is None else min(MAX_LIMIT, limit - printed)
@@ -151,4 +150,7 @@ def query(
         printed += len(page)
         if len(page) < page_size:
             break
-        where = dataclasses.replace(where, **{bound: page[-1].id})
+        if audit.newest_first:
+            where = dataclasses.replace(where, before=page[-1].id)
+        else:
+            where = dataclasses.replace(where, after=page[-1].id)

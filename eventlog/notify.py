@@ -94,7 +94,7 @@ class RedisNotifier(LocalNotifier):
             return False
 
     def _subscribe(self, ring: Ring, stop: threading.Event) -> None:
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(self.channel)
             # Anything announced while we were not subscribed is in SQL: re-read once.

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Select, insert, select, update
+from sqlalchemy import ColumnElement, Connection, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -84,19 +84,18 @@ def append(
             return earlier
 
     first = allocate_ids(conn, len(events))
-    rows = [
-        {"id": first + i, "stream": e.stream, "type": e.type, "data": e.data, "time": now}
-        for i, e in enumerate(events)
-    ]
-    conn.execute(insert(Event), rows)
-    last = first + len(events) - 1
+    stored = [StoredEvent(first + i, e.stream, e.type, e.data, now) for i, e in enumerate(events)]
+    conn.execute(
+        insert(Event),
+        [{"id": e.id, "stream": e.stream, "type": e.type, "data": e.data, "time": now} for e in stored],
+    )
     if idempotency_key is not None:
         conn.execute(
             update(IdempotencyKey)
             .where(IdempotencyKey.key == idempotency_key)
-            .values(first_id=first, last_id=last)
+            .values(first_id=first, last_id=stored[-1].id)
         )
-    return Appended([StoredEvent(r["id"], r["stream"], r["type"], r["data"], now) for r in rows])
+    return Appended(stored)
 
 
 def allocate_ids(conn: Connection, count: int) -> int:
@@ -125,8 +124,16 @@ def query(
     conn: Connection, where: EventFilter, *, limit: int, newest_first: bool = False
 ) -> list[StoredEvent]:
     """Up to ``limit`` events matching ``where``, in id order (or reverse id order)."""
-    stmt = _select(where).order_by(Event.id.desc() if newest_first else Event.id).limit(limit)
-    return [StoredEvent(r.id, r.stream, r.type, r.data, _utc(r.time)) for r in conn.execute(stmt)]
+    stmt = (
+        select(Event.id, Event.stream, Event.type, Event.data, Event.time)
+        .where(*_conditions(where))
+        .order_by(Event.id.desc() if newest_first else Event.id)
+        .limit(limit)
+    )
+    return [
+        StoredEvent(id_, stream, type_, data, _utc(time))
+        for id_, stream, type_, data, time in conn.execute(stmt)
+    ]
 
 
 def rfc3339(moment: datetime) -> str:
@@ -134,21 +141,21 @@ def rfc3339(moment: datetime) -> str:
     return _utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _select(where: EventFilter) -> Select[tuple[int, str, str, str, datetime]]:
-    stmt = select(Event.id, Event.stream, Event.type, Event.data, Event.time)
+def _conditions(where: EventFilter) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
     if where.streams:
-        stmt = stmt.where(Event.stream.in_(where.streams))
+        conditions.append(Event.stream.in_(where.streams))
     if where.types:
-        stmt = stmt.where(Event.type.in_(where.types))
+        conditions.append(Event.type.in_(where.types))
     if where.after is not None:
-        stmt = stmt.where(Event.id > where.after)
+        conditions.append(Event.id > where.after)
     if where.before is not None:
-        stmt = stmt.where(Event.id < where.before)
+        conditions.append(Event.id < where.before)
     if where.since is not None:
-        stmt = stmt.where(Event.time >= where.since.astimezone(UTC))
+        conditions.append(Event.time >= where.since.astimezone(UTC))
     if where.until is not None:
-        stmt = stmt.where(Event.time < where.until.astimezone(UTC))
-    return stmt
+        conditions.append(Event.time < where.until.astimezone(UTC))
+    return conditions
 
 
 def _claim_key(
