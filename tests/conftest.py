@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -195,7 +196,7 @@ class Server:
             [str(EVENTLOG_BIN), "serve", "--port", str(self.port), "--no-migrate", *self.args],
             env=self.env,
         )
-        wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200)
+        wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200, timeout=30)
 
     def kill(self) -> None:
         """Kill -9: no cleanup, as in a crash."""
@@ -205,8 +206,9 @@ class Server:
             self.process = None
 
     def stop(self) -> None:
+        """Quick shutdown (gunicorn's SIGINT): open streams are not waited for."""
         if self.process is not None:
-            self.process.terminate()
+            self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -244,8 +246,8 @@ def start_server() -> Iterator[Callable[..., Server]]:
     ) -> Server:
         env = server_env(database_url, redis_url, **settings)
         server = Server(port or free_port(), env, args or [])
+        servers.append(server)  # before start(), so a server that never got ready is stopped too
         server.start()
-        servers.append(server)
         return server
 
     yield start

@@ -30,9 +30,11 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         empty_postgres(request.getfixturevalue("postgres_engine"))
         url = POSTGRES_URL
     server = Server(free_port(), server_env(url, HEARTBEAT_SECONDS=1, RETRY_MS=500, POLL_SECONDS=0.5), [])
-    server.start()
-    yield server
-    server.stop()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 def subscribers(server: Server) -> int:
