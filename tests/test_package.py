@@ -1,0 +1,25 @@
+"""The package's public surface and its type annotations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import eventlog
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_public_names_are_pinned() -> None:
+    assert sorted(eventlog.__all__) == [
+        "Appended", "EventFilter", "EventLog", "EventlogError", "IdempotencyConflict",
+        "InvalidRequest", "NewEvent", "PayloadTooLarge", "StoredEvent", "UnsupportedMediaType",
+        "append", "create_app", "current_eventlog", "parse_events", "query",
+    ]
+    assert all(hasattr(eventlog, name) for name in eventlog.__all__)
+
+
+def test_package_type_checks_strictly() -> None:
+    from mypy import api
+
+    out, err, status = api.run(["--config-file", str(ROOT / "pyproject.toml"), str(ROOT / "eventlog")])
+    assert status == 0, out + err
