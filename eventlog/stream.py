@@ -14,13 +14,17 @@ connection is held while the stream waits or writes: each replay page borrows on
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Sequence
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import sse
-from .hub import Hub
+from .hub import Hub, Subscription
 from .store import EventFilter, StoredEvent, head, query
+
+log = logging.getLogger(__name__)
 
 RESET_TYPE = "reset"
 
@@ -38,14 +42,19 @@ def event_stream(
     """Yield SSE text for events of ``streams`` (all if empty) with id > ``resume_after``.
 
     Without a resume point the stream starts at the head: only new events. A resume point
-    beyond the head gets a ``reset`` event naming both, then continues from the head.
+    beyond the head gets a ``reset`` event naming both, then continues from the head. If the
+    database fails, the stream ends (after ``retry:``, if nothing was sent yet): the client
+    comes back and resumes, where an error status would make EventSource give up for good.
     """
-    subscription = hub.subscribe(streams)
+    subscription: Subscription | None = None
+    started = False
     try:
+        subscription = hub.subscribe(streams)
         with engine.connect() as conn:
             newest = head(conn)
         # The first bytes go out at once, so headers flush; by now the subscriber is
         # registered and positioned, so nothing published from here on can be missed.
+        started = True
         yield sse.retry(retry_ms)
         cursor = newest if resume_after is None else resume_after
         if cursor > newest:
@@ -68,8 +77,13 @@ def event_stream(
                 if fresh:
                     cursor = fresh[-1].id
                     yield frames(fresh)
+    except SQLAlchemyError as error:
+        log.warning("ending a stream: database unavailable (%s)", type(error).__name__)
+        if not started:
+            yield sse.retry(retry_ms)
     finally:
-        hub.unsubscribe(subscription)
+        if subscription is not None:
+            hub.unsubscribe(subscription)
 
 
 def frames(events: Sequence[StoredEvent]) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -113,3 +114,21 @@ def test_closed_client_frees_its_subscription_within_a_heartbeat(server: Server)
 
 def test_readyz_reports_the_database(server: Server) -> None:
     assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready", "database": "ok"}
+
+
+def test_database_outage_ends_streams_with_200_so_clients_come_back(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """EventSource gives up for good on a non-200 answer: with the database gone, a stream
+    answers 200 with ``retry:`` and ends, so the browser retries later."""
+    database = tmp_path / "gone.db"
+    engine = make_engine(f"sqlite:///{database}")
+    upgrade(engine)
+    engine.dispose()
+    server = start_server(f"sqlite:///{database}")
+    database.unlink()
+    database.mkdir()  # unopenable from now on
+    response = httpx.get(f"{server.url}/streams/a/events", headers=SSE, timeout=10)
+    assert response.status_code == 200
+    assert response.text == "retry: 2000\n\n"
+    assert httpx.get(f"{server.url}/readyz").status_code == 503
