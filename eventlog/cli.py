@@ -7,6 +7,7 @@ import json
 import sys
 
 import click
+
 from .app import create_app
 from .config import ConfigError
 from .errors import EventlogError
@@ -77,7 +78,8 @@ def db() -> None:
 @click.argument("revision", default="head")
 def upgrade(revision: str) -> None:
     """Apply migrations up to REVISION."""
-    from .migrate import current, upgrade as run_upgrade
+    from .migrate import current
+    from .migrate import upgrade as run_upgrade
 
     engine = _eventlog().engine
     run_upgrade(engine, revision)

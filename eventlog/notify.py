@@ -94,14 +94,18 @@ class RedisNotifier(LocalNotifier):
             return False
 
     def _subscribe(self, ring: Ring, stop: threading.Event) -> None:
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(self.channel)
-            # Anything announced while we were not subscribed is in SQL: re-read once.
-            ring(None)
             while not stop.is_set():
                 message = pubsub.get_message(timeout=1.0)
-                if message is not None:
+                if message is None:
+                    continue
+                if message["type"] == "subscribe":
+                    # Confirmed, now or after redis-py reconnected by itself: whatever was
+                    # announced while we were not listening is in SQL, so re-read once.
+                    ring(None)
+                elif message["type"] == "message":
                     ring(_last_id(message["data"]))
         finally:
             pubsub.close()

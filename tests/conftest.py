@@ -7,6 +7,7 @@ or fail when EVENTLOG_TEST_REQUIRE_SERVICES=1 (as on CI).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -23,13 +24,13 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import free_port, wait_until
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from eventlog import EventLog, create_app
 from eventlog.database import make_engine
 from eventlog.migrate import upgrade
-from helpers import free_port, wait_until
 
 POSTGRES_URL = os.environ.get(
     "EVENTLOG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -48,20 +49,38 @@ def unavailable(reason: str) -> None:
 
 # --- databases -----------------------------------------------------------------------
 
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[Engine]:
+    """An engine on a new, empty PostgreSQL database, created next to the one
+    EVENTLOG_TEST_POSTGRES_URL names and dropped afterwards: concurrent runs never meet."""
+    admin = make_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError:
+        admin.dispose()
+        unavailable(f"PostgreSQL is not reachable at {admin.url.render_as_string()}")
+    engine = make_engine(admin.url.set(database=name).render_as_string(hide_password=False))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def postgres_engine() -> Iterator[Engine]:
-    """The migrated PostgreSQL test database (shared by the session, emptied per test)."""
-    engine = make_engine(POSTGRES_URL)
-    try:
-        with engine.connect():
-            pass
-    except OperationalError:
-        unavailable(f"PostgreSQL is not reachable at {engine.url.render_as_string()}")
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS events, event_counter, idempotency_keys, alembic_version"))
-    upgrade(engine)
-    yield engine
-    engine.dispose()
+    """The run's migrated PostgreSQL database (shared by the run, emptied per test)."""
+    with fresh_postgres_database("eventlog_test") as engine:
+        upgrade(engine)
+        yield engine
+
+
+def url_of(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
 
 
 def empty_postgres(engine: Engine) -> None:
@@ -81,14 +100,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return url
     engine = request.getfixturevalue("postgres_engine")
     empty_postgres(engine)
-    return POSTGRES_URL
+    return url_of(engine)
 
 
 @pytest.fixture
 def postgres_url(postgres_engine: Engine) -> str:
     """The PostgreSQL test database, migrated and empty."""
     empty_postgres(postgres_engine)
-    return POSTGRES_URL
+    return url_of(postgres_engine)
 
 
 # --- redis -----------------------------------------------------------------------------
@@ -195,25 +214,30 @@ class Server:
         self.process = subprocess.Popen(
             [str(EVENTLOG_BIN), "serve", "--port", str(self.port), "--no-migrate", *self.args],
             env=self.env,
+            start_new_session=True,  # its own process group: kill() takes the workers too
         )
         wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200, timeout=30)
 
     def kill(self) -> None:
-        """Kill -9: no cleanup, as in a crash."""
+        """Kill -9 the master and its workers at once, as in a crash: no cleanup anywhere."""
         if self.process is not None:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
             self.process = None
 
-    def stop(self) -> None:
-        """Quick shutdown (gunicorn's SIGINT): open streams are not waited for."""
+    def interrupt(self) -> None:
+        """Begin gunicorn's quick shutdown (SIGINT): open streams are not waited for."""
         if self.process is not None:
             self.process.send_signal(signal.SIGINT)
+
+    def stop(self) -> None:
+        """Quick shutdown, waited for."""
+        self.interrupt()
+        if self.process is not None:
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                self.kill()
             self.process = None
 
 
@@ -251,5 +275,7 @@ def start_server() -> Iterator[Callable[..., Server]]:
         return server
 
     yield start
+    for server in servers:
+        server.interrupt()  # all at once: each takes about a second to wind down
     for server in servers:
         server.stop()

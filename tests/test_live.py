@@ -10,11 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import Server, empty_postgres, server_env, url_of
+from helpers import Listener, free_port, publish, wait_until
 
-from conftest import POSTGRES_URL, Server, empty_postgres, server_env
 from eventlog.database import make_engine
 from eventlog.migrate import upgrade
-from helpers import Listener, free_port, publish, wait_until
 
 SSE = {"Accept": "text/event-stream"}
 
@@ -28,8 +28,9 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         upgrade(engine)
         engine.dispose()
     else:
-        empty_postgres(request.getfixturevalue("postgres_engine"))
-        url = POSTGRES_URL
+        engine = request.getfixturevalue("postgres_engine")
+        empty_postgres(engine)
+        url = url_of(engine)
     server = Server(free_port(), server_env(url, HEARTBEAT_SECONDS=1, RETRY_MS=500, POLL_SECONDS=0.5), [])
     try:
         server.start()

@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from conftest import fresh_postgres_database
 from sqlalchemy import Engine, inspect, text
 
 from eventlog.database import make_engine
 from eventlog.migrate import current, downgrade, upgrade
 from eventlog.models import Base
-
-from conftest import POSTGRES_URL, unavailable
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -25,20 +24,8 @@ def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Eng
         yield engine
         engine.dispose()
         return
-    admin = make_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text("DROP DATABASE IF EXISTS eventlog_migrations"))
-            conn.execute(text("CREATE DATABASE eventlog_migrations"))
-    except Exception as error:  # noqa: BLE001
-        admin.dispose()
-        unavailable(f"PostgreSQL is not reachable: {type(error).__name__}")
-    engine = make_engine(admin.url.set(database="eventlog_migrations").render_as_string(hide_password=False))
-    yield engine
-    engine.dispose()
-    with admin.connect() as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS eventlog_migrations"))
-    admin.dispose()
+    with fresh_postgres_database("eventlog_migrations") as engine:
+        yield engine
 
 
 def test_upgrade_matches_models_and_downgrade_empties(empty_engine: Engine) -> None:

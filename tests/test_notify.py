@@ -8,11 +8,11 @@ import threading
 import pytest
 import redis
 from flask import Flask
+from helpers import free_port, wait_until
 
 from eventlog import EventLog, create_app
 from eventlog.notify import RedisNotifier
 from eventlog.store import EventFilter, query
-from helpers import free_port, wait_until
 
 
 def visible_ids(eventlog: EventLog, first: int, last: int) -> list[int]:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 import pytest
+from helpers import wait_until
 
 from eventlog import EventLog
 from eventlog.hub import Hub, Subscription
@@ -15,7 +16,6 @@ from eventlog.notify import LocalNotifier
 from eventlog.sse import Decoder, Message
 from eventlog.store import head
 from eventlog.stream import event_stream
-from helpers import wait_until
 
 
 def read_until(stream: Iterator[str], last_id: int, timeout: float = 20) -> list[Message]:
