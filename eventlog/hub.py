@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from .notify import Notifier
+from .sse import Frame, frame
 from .store import EventFilter, StoredEvent, head, query
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class Subscription:
     def __init__(self, streams: frozenset[str], limit: int) -> None:
         self.streams = streams  # empty: every stream
         self._limit = limit
-        self._events: list[StoredEvent] = []
+        self._frames: list[Frame] = []
         self._overflowed = False
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -40,21 +41,21 @@ class Subscription:
     @property
     def pending(self) -> int:
         """How many events wait in the buffer."""
-        return len(self._events)
+        return len(self._frames)
 
-    def push(self, events: list[StoredEvent]) -> None:
+    def push(self, frames: list[Frame]) -> None:
         """Add events (in id order); past the limit, drop everything and flag an overflow."""
         with self._lock:
             if self._overflowed:
                 return  # the reader will re-read all of it from SQL anyway
-            if len(self._events) + len(events) > self._limit:
-                self._events = []
+            if len(self._frames) + len(frames) > self._limit:
+                self._frames = []
                 self._overflowed = True
             else:
-                self._events.extend(events)
+                self._frames.extend(frames)
             self._ready.set()
 
-    def take(self, timeout: float) -> tuple[list[StoredEvent], bool] | None:
+    def take(self, timeout: float) -> tuple[list[Frame], bool] | None:
         """Wait up to ``timeout`` for events; return them and whether any were dropped.
 
         None means nothing arrived in time. After a ``True`` the buffer starts afresh, so
@@ -63,10 +64,10 @@ class Subscription:
         if not self._ready.wait(timeout):
             return None
         with self._lock:
-            events, overflowed = self._events, self._overflowed
-            self._events, self._overflowed = [], False
+            frames, overflowed = self._frames, self._overflowed
+            self._frames, self._overflowed = [], False
             self._ready.clear()
-        return events, overflowed
+        return frames, overflowed
 
 
 class Hub:
@@ -177,15 +178,17 @@ class Hub:
                 return
 
     def _fan_out(self, events: list[StoredEvent]) -> None:
+        # Each event is encoded once here, however many subscribers it goes to.
+        frames = [frame(e.id, e.type, e.data) for e in events]
         # Under the lock, so a subscriber registers either before a batch (and gets it
         # pushed) or after the cursor moved past it (and its replay reads it from SQL).
         with self._lock:
-            per_subscriber: dict[Subscription, list[StoredEvent]] = {}
-            for event in events:
+            per_subscriber: dict[Subscription, list[Frame]] = {}
+            for event, encoded in zip(events, frames, strict=True):
                 for subscription in self._by_stream.get(event.stream, ()):
-                    per_subscriber.setdefault(subscription, []).append(event)
+                    per_subscriber.setdefault(subscription, []).append(encoded)
             for subscription in self._everything:
-                subscription.push(events)
+                subscription.push(frames)
             for subscription, matching in per_subscriber.items():
                 subscription.push(matching)
             self._cursor = events[-1].id

@@ -17,8 +17,9 @@ from .config import Settings
 from .database import make_engine
 from .hub import Hub
 from .notify import LocalNotifier, Notifier, RedisNotifier
-from .store import Appended, StoredEvent, append
+from .store import Appended, Publish, StoredEvent
 from .validation import DEFAULT_TYPE, NewEvent, parse_events
+from .writer import Writer
 
 EXTENSION_KEY = "eventlog"
 
@@ -30,6 +31,7 @@ class EventLog:
     engine: Engine
     notifier: Notifier
     hub: Hub
+    writer: Writer
 
     def __init__(self, app: Flask | None = None) -> None:
         if app is not None:
@@ -49,6 +51,7 @@ class EventLog:
             poll_seconds=self.settings.poll_seconds,
             buffer=self.settings.subscriber_buffer,
         )
+        self.writer = Writer(self.engine, self.notifier.announce)
         app.config["MAX_CONTENT_LENGTH"] = self.settings.max_request_bytes
         app.extensions[EXTENSION_KEY] = self
 
@@ -63,13 +66,8 @@ class EventLog:
         return self.append(events).events[0]
 
     def append(self, events: list[NewEvent], *, idempotency_key: str | None = None) -> Appended:
-        """Store already-validated events in one transaction, then announce them."""
-        with self.engine.begin() as conn:
-            appended = append(conn, events, idempotency_key=idempotency_key)
-        # Only now, after the commit: a notification must never outrun its data.
-        if not appended.replayed:
-            self.notifier.announce(appended.events[0].id, appended.events[-1].id)
-        return appended
+        """Store already-validated events (committed on return), then announce them."""
+        return self.writer.append(Publish(events, idempotency_key))
 
 
 def current_eventlog() -> EventLog:

@@ -41,6 +41,19 @@ def encode(data: str, *, id: int | str | None = None, event: str | None = None) 
     return f"{head}{body}\n"
 
 
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """An encoded event: its id (to order and deduplicate by) and its bytes on the wire."""
+
+    id: int
+    wire: bytes
+
+
+def frame(id: int, event: str, data: str) -> Frame:
+    """Encode one stored event once, for however many readers it is sent to."""
+    return Frame(id, encode(data, id=id, event=event).encode())
+
+
 def comment(text: str = "") -> str:
     """A comment line (ignored by readers; keeps idle connections open through proxies)."""
     return "".join(f": {line}\n" for line in _LINE_BREAK.split(text)) + "\n"

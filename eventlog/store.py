@@ -65,6 +65,14 @@ class EventFilter:
     until: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """One caller's publish: its events are stored all or nothing, under consecutive ids."""
+
+    events: Sequence[NewEvent]
+    idempotency_key: str | None = None
+
+
 def append(
     db: Connection | Session,
     events: Sequence[NewEvent],
@@ -74,28 +82,81 @@ def append(
     """Store ``events`` under consecutive ids in the caller's open transaction.
 
     The ids become visible, and the counter's row lock is released, when the caller
-    commits; a rollback returns the ids, so the log never has a gap.
+    commits; a rollback returns the ids, so the log never has a gap. Raises
+    IdempotencyConflict when the key was used for other events.
+    """
+    [outcome] = append_all(db, [Publish(events, idempotency_key)])
+    if isinstance(outcome, IdempotencyConflict):
+        raise outcome
+    return outcome
+
+
+def append_all(
+    db: Connection | Session, publishes: Sequence[Publish]
+) -> list[Appended | IdempotencyConflict]:
+    """Store several publishes in the caller's open transaction, one outcome each.
+
+    Each publish gets its own run of consecutive ids, in the order given, from a single
+    allocation: this is how several callers share one transaction (see ``writer.py``).
+    A publish whose idempotency key was seen before gets the earlier result instead, or
+    an IdempotencyConflict if it asked for other events.
     """
     conn = db.connection() if isinstance(db, Session) else db
     now = datetime.now(UTC)
-    if idempotency_key is not None:
-        earlier = _claim_key(conn, idempotency_key, _fingerprint(events), now)
-        if earlier is not None:
-            return earlier
+    outcomes: list[Appended | IdempotencyConflict | None] = [None] * len(publishes)
+    fresh: list[int] = []  # the publishes that store new events, by index
+    claimed: dict[str, tuple[int, str]] = {}  # key -> (index, fingerprint) claimed by this call
+    repeats: list[tuple[int, int]] = []  # (index, index of the publish it repeats)
 
-    first = allocate_ids(conn, len(events))
-    stored = [StoredEvent(first + i, e.stream, e.type, e.data, now) for i, e in enumerate(events)]
-    conn.execute(
-        insert(Event),
-        [{"id": e.id, "stream": e.stream, "type": e.type, "data": e.data, "time": now} for e in stored],
-    )
-    if idempotency_key is not None:
-        conn.execute(
-            update(IdempotencyKey)
-            .where(IdempotencyKey.key == idempotency_key)
-            .values(first_id=first, last_id=stored[-1].id)
-        )
-    return Appended(stored)
+    for index, publish in enumerate(publishes):
+        key = publish.idempotency_key
+        if key is None:
+            fresh.append(index)
+            continue
+        fingerprint = _fingerprint(publish.events)
+        if key in claimed:
+            first, first_fingerprint = claimed[key]
+            if first_fingerprint == fingerprint:
+                repeats.append((index, first))
+            else:
+                outcomes[index] = _conflict()
+            continue
+        try:
+            earlier = _claim_key(conn, key, fingerprint, now)
+        except IdempotencyConflict as conflict:
+            outcomes[index] = conflict
+            continue
+        if earlier is None:
+            claimed[key] = (index, fingerprint)
+            fresh.append(index)
+        else:
+            outcomes[index] = earlier
+
+    if fresh:
+        # The counter is touched last, just before the insert, to hold its lock briefly.
+        next_id = allocate_ids(conn, sum(len(publishes[i].events) for i in fresh))
+        rows: list[dict[str, object]] = []
+        for index in fresh:
+            stored = [
+                StoredEvent(next_id + n, e.stream, e.type, e.data, now)
+                for n, e in enumerate(publishes[index].events)
+            ]
+            next_id += len(stored)
+            outcomes[index] = Appended(stored)
+            rows += ({"id": e.id, "stream": e.stream, "type": e.type, "data": e.data, "time": now} for e in stored)
+        conn.execute(insert(Event), rows)
+        for key, (index, _) in claimed.items():
+            events = _appended(outcomes[index]).events
+            conn.execute(
+                update(IdempotencyKey)
+                .where(IdempotencyKey.key == key)
+                .values(first_id=events[0].id, last_id=events[-1].id)
+            )
+    for index, first in repeats:
+        outcomes[index] = Appended(_appended(outcomes[first]).events, replayed=True)
+    done = [outcome for outcome in outcomes if outcome is not None]
+    assert len(done) == len(publishes)
+    return done
 
 
 def allocate_ids(conn: Connection, count: int) -> int:
@@ -178,9 +239,7 @@ def _claim_key(
         return None
     earlier = conn.execute(select(IdempotencyKey).where(IdempotencyKey.key == key)).one()
     if earlier.fingerprint != fingerprint:
-        raise IdempotencyConflict(
-            "this Idempotency-Key was used for a different request; use a new key"
-        )
+        raise _conflict()
     assert earlier.first_id is not None and earlier.last_id is not None
     events = query(
         conn,
@@ -188,6 +247,15 @@ def _claim_key(
         limit=earlier.last_id - earlier.first_id + 1,
     )
     return Appended(events, replayed=True)
+
+
+def _conflict() -> IdempotencyConflict:
+    return IdempotencyConflict("this Idempotency-Key was used for a different request; use a new key")
+
+
+def _appended(outcome: Appended | IdempotencyConflict | None) -> Appended:
+    assert isinstance(outcome, Appended)
+    return outcome
 
 
 def _fingerprint(events: Sequence[NewEvent]) -> str:

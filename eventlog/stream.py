@@ -27,6 +27,7 @@ from .store import EventFilter, StoredEvent, head, query
 log = logging.getLogger(__name__)
 
 RESET_TYPE = "reset"
+HEARTBEAT = sse.comment("heartbeat").encode()
 
 
 def event_stream(
@@ -38,8 +39,8 @@ def event_stream(
     heartbeat_seconds: float,
     retry_ms: int,
     page_size: int = 1000,
-) -> Iterator[str]:
-    """Yield SSE text for events of ``streams`` (all if empty) with id > ``resume_after``.
+) -> Iterator[bytes]:
+    """Yield SSE bytes for events of ``streams`` (all if empty) with id > ``resume_after``.
 
     Without a resume point the stream starts at the head: only new events. A resume point
     beyond the head gets a ``reset`` event naming both, then continues from the head. If the
@@ -55,12 +56,11 @@ def event_stream(
         # The first bytes go out at once, so headers flush; by now the subscriber is
         # registered and positioned, so nothing published from here on can be missed.
         started = True
-        yield sse.retry(retry_ms)
+        yield sse.retry(retry_ms).encode()
         cursor = newest if resume_after is None else resume_after
         if cursor > newest:
-            yield sse.encode(
-                json.dumps({"requested": cursor, "head": newest}), id=newest, event=RESET_TYPE
-            )
+            reset = json.dumps({"requested": cursor, "head": newest})
+            yield sse.encode(reset, id=newest, event=RESET_TYPE).encode()
             cursor = newest
         while True:
             for chunk, cursor in _replay(engine, tuple(streams), cursor, page_size):
@@ -68,32 +68,32 @@ def event_stream(
             while True:
                 taken = subscription.take(heartbeat_seconds)
                 if taken is None:
-                    yield sse.comment("heartbeat")
+                    yield HEARTBEAT
                     continue
-                events, overflowed = taken
+                frames, overflowed = taken
                 if overflowed:
                     break  # dropped events: replay them from SQL, then carry on live
-                fresh = [e for e in events if e.id > cursor]
+                fresh = [f for f in frames if f.id > cursor]
                 if fresh:
                     cursor = fresh[-1].id
-                    yield frames(fresh)
+                    yield b"".join(f.wire for f in fresh)
     except SQLAlchemyError as error:
         log.warning("ending a stream: database unavailable (%s)", type(error).__name__)
         if not started:
-            yield sse.retry(retry_ms)
+            yield sse.retry(retry_ms).encode()
     finally:
         if subscription is not None:
             hub.unsubscribe(subscription)
 
 
-def frames(events: Sequence[StoredEvent]) -> str:
-    """SSE text for stored events, one frame each."""
-    return "".join(sse.encode(e.data, id=e.id, event=e.type) for e in events)
+def wire(events: Sequence[StoredEvent]) -> bytes:
+    """SSE bytes for stored events, one frame each."""
+    return "".join(sse.encode(e.data, id=e.id, event=e.type) for e in events).encode()
 
 
 def _replay(
     engine: Engine, streams: tuple[str, ...], cursor: int, page_size: int
-) -> Iterator[tuple[str, int]]:
+) -> Iterator[tuple[bytes, int]]:
     """Pages of frames for events after ``cursor``, each with the cursor it leaves."""
     while True:
         with engine.connect() as conn:
@@ -101,6 +101,6 @@ def _replay(
         if not page:
             return
         cursor = page[-1].id
-        yield frames(page), cursor
+        yield wire(page), cursor
         if len(page) < page_size:
             return

@@ -18,7 +18,7 @@ from eventlog.store import head
 from eventlog.stream import event_stream
 
 
-def read_until(stream: Iterator[str], last_id: int, timeout: float = 20) -> list[Message]:
+def read_until(stream: Iterator[bytes], last_id: int, timeout: float = 20) -> list[Message]:
     """Decode the stream until the event with ``last_id`` arrives."""
     decoder = Decoder()
     messages: list[Message] = []
@@ -62,7 +62,7 @@ def test_handover_has_no_gap_and_no_duplicate(eventlog: EventLog) -> None:
             heartbeat_seconds=0.2, retry_ms=100, page_size=rng.choice([1, 2, 5, 100]),
         )
         publisher.start()
-        assert next(stream).startswith("retry: 100")  # subscribed; the replay is next
+        assert next(stream).startswith(b"retry: 100")  # subscribed; the replay is next
         messages = read_until(stream, before + count)
         publisher.join()
         stream.close()
@@ -150,7 +150,7 @@ def test_without_resume_point_only_new_events_arrive(eventlog: EventLog) -> None
 def test_idle_stream_sends_heartbeats(eventlog: EventLog) -> None:
     stream = event_stream(eventlog.engine, eventlog.hub, [], None, heartbeat_seconds=0.05, retry_ms=100)
     next(stream)
-    assert next(stream) == ": heartbeat\n\n"
+    assert next(stream) == b": heartbeat\n\n"
     stream.close()
     assert eventlog.hub.subscriptions() == set()
 

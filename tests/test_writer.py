@@ -1,0 +1,78 @@
+"""Group commit: concurrent publishes share transactions without losing their own outcomes."""
+
+from __future__ import annotations
+
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import event
+
+from eventlog import EventFilter, EventLog, IdempotencyConflict, NewEvent, query
+from eventlog.store import Appended, Publish, append_all
+
+
+def new_events(tag: str, n: int) -> list[NewEvent]:
+    return [NewEvent("s", "t", f'"{tag}-{i}"') for i in range(n)]
+
+
+def test_concurrent_publishes_share_transactions_and_keep_their_ids(eventlog: EventLog) -> None:
+    commits = 0
+
+    def count_commit(_conn: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(eventlog.engine, "commit", count_commit)
+    threads, rounds = 12, 20
+    start = threading.Barrier(threads)
+
+    def publisher(worker: int) -> list[Appended]:
+        rng = random.Random(worker)
+        start.wait()
+        return [
+            eventlog.append(new_events(f"{worker}.{r}", rng.choice([1, 1, 3, 10])))
+            for r in range(rounds)
+        ]
+
+    with ThreadPoolExecutor(threads) as pool:
+        results = [a for batch in pool.map(publisher, range(threads)) for a in batch]
+    event.remove(eventlog.engine, "commit", count_commit)
+
+    with eventlog.engine.connect() as conn:
+        stored = {e.id: e.data for e in query(conn, EventFilter(), limit=10_000)}
+    total = sum(len(r.events) for r in results)
+    assert sorted(stored) == list(range(1, total + 1))
+    for result in results:
+        ids = [e.id for e in result.events]
+        assert ids == list(range(ids[0], ids[0] + len(ids)))  # each publish: consecutive ids
+        assert [stored[e.id] for e in result.events] == [e.data for e in result.events]
+    assert commits < threads * rounds  # some publishes did share a transaction
+
+
+def test_shared_transaction_keeps_each_idempotency_outcome(eventlog: EventLog) -> None:
+    with eventlog.engine.begin() as conn:
+        outcomes = append_all(conn, [
+            Publish(new_events("a", 2), "key"),
+            Publish(new_events("a", 2), "key"),  # a retry inside the same transaction
+            Publish(new_events("b", 1), "key"),  # the key reused for other events
+            Publish(new_events("c", 1)),
+        ])
+    first, repeat, conflict, plain = outcomes
+    assert isinstance(first, Appended) and [e.id for e in first.events] == [1, 2]
+    assert isinstance(repeat, Appended) and repeat.replayed and repeat.events == first.events
+    assert isinstance(conflict, IdempotencyConflict)
+    assert isinstance(plain, Appended) and [e.id for e in plain.events] == [3]
+
+
+def test_concurrent_retries_through_the_writer_store_once(eventlog: EventLog) -> None:
+    start = threading.Barrier(8)
+
+    def retry(_: int) -> list[int]:
+        start.wait()
+        return [e.id for e in eventlog.append(new_events("x", 3), idempotency_key="once").events]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(map(tuple, pool.map(retry, range(8)))) == {(1, 2, 3)}
+    with eventlog.engine.connect() as conn:
+        assert len(query(conn, EventFilter(), limit=100)) == 3
