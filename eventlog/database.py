@@ -17,7 +17,9 @@ def make_engine(url: str, **options: Any) -> Engine:
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True, **options)
+        # No pre-ping: it costs a round trip on every checkout, and a connection the server
+        # dropped is detected on use anyway (SQLAlchemy then discards the whole stale pool).
+        return create_engine(parsed, **options)
 
     engine = create_engine(parsed, connect_args={"timeout": 30}, **options)
 

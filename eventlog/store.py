@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, Connection, insert, select, update
+from sqlalchemy import ColumnElement, Connection, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -21,6 +21,16 @@ from .models import Counter, Event, IdempotencyKey
 from .validation import NewEvent
 
 COUNTER_ROW = 1
+
+# Built once: these run on every publish and every hub wake-up.
+_ALLOCATE = (
+    update(Counter)
+    .where(Counter.id == COUNTER_ROW)
+    .values(last_id=Counter.last_id + bindparam("count"))
+    .returning(Counter.last_id)
+)
+_HEAD = select(Counter.last_id).where(Counter.id == COUNTER_ROW)
+_INSERT = insert(Event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +154,7 @@ def append_all(
             next_id += len(stored)
             outcomes[index] = Appended(stored)
             rows += ({"id": e.id, "stream": e.stream, "type": e.type, "data": e.data, "time": now} for e in stored)
-        conn.execute(insert(Event), rows)
+        conn.execute(_INSERT, rows)
         for key, (index, _) in claimed.items():
             events = _appended(outcomes[index]).events
             conn.execute(
@@ -167,18 +177,13 @@ def allocate_ids(conn: Connection, count: int) -> int:
     so a later id can never commit before an earlier one. Callers touch the counter as late
     in their transaction as they can, to hold that lock briefly.
     """
-    last = conn.execute(
-        update(Counter)
-        .where(Counter.id == COUNTER_ROW)
-        .values(last_id=Counter.last_id + count)
-        .returning(Counter.last_id)
-    ).scalar_one()
+    last = conn.execute(_ALLOCATE, {"count": count}).scalar_one()
     return int(last) - count + 1
 
 
 def head(conn: Connection) -> int:
     """The newest committed id (0 for an empty log)."""
-    return int(conn.execute(select(Counter.last_id).where(Counter.id == COUNTER_ROW)).scalar_one())
+    return int(conn.execute(_HEAD).scalar_one())
 
 
 def query(
