@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask
 
 from . import api
-from .config import DEFAULTS
+from .config import read_config
 from .service import EventLog
 
 
@@ -19,10 +19,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     workers, and ``eventlog db upgrade`` does it as a deploy step.
     """
     app = Flask(__name__)
-    app.config.from_mapping(DEFAULTS)
-    app.config.from_prefixed_env("EVENTLOG")
-    if test_config is not None:
-        app.config.from_mapping(test_config)
+    app.config.update(read_config(test_config))
     EventLog(app)
     app.register_blueprint(api.bp)
     app.register_error_handler(Exception, api.handle_error)

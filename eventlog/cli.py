@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 import sys
 
 import click
 
 from .app import create_app
-from .config import ConfigError
+from .config import ConfigError, Settings, read_config
 from .errors import EventlogError
 from .query import MAX_LIMIT, parse_audit_query
 from .service import EventLog
@@ -52,18 +53,21 @@ def main() -> None:
 )
 def serve(host: str, port: int, workers: int, connections: int, migrate: bool) -> None:
     """Run the HTTP server (gunicorn with gevent workers)."""
-    eventlog = _eventlog()
-    if workers > 1 and not eventlog.settings.redis_url:
+    try:
+        settings = Settings.from_mapping(read_config())
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    if workers > 1 and not settings.redis_url:
         click.echo(
             "note: without EVENTLOG_REDIS_URL each worker learns of the others' events"
             " by polling, about once a second",
             err=True,
         )
     if migrate:
-        from .migrate import upgrade
-
-        upgrade(eventlog.engine)
-    eventlog.engine.dispose()  # the workers open their own connections after the fork
+        # In a child process, so that this one never imports the database driver: psycopg
+        # picks its wait function when imported, and one picked before gevent patches the
+        # forked workers would block a whole worker on every query.
+        subprocess.run([sys.executable, "-m", "eventlog", "db", "upgrade"], check=True)
     from .server import serve as run_server
 
     run_server(host, port, workers, connections)

@@ -10,6 +10,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from flask import Config
+
 DEFAULTS: dict[str, Any] = {
     "DATABASE_URL": "sqlite:///eventlog.db",
     "REDIS_URL": "",
@@ -22,6 +24,16 @@ DEFAULTS: dict[str, Any] = {
     "POLL_SECONDS": 1.0,
     "SUBSCRIBER_BUFFER": 1000,
 }
+
+
+def read_config(overrides: Mapping[str, Any] | None = None) -> Config:
+    """Defaults, then ``EVENTLOG_*`` environment variables, then ``overrides`` (a test's)."""
+    config = Config(root_path=".")
+    config.from_mapping(DEFAULTS)
+    config.from_prefixed_env("EVENTLOG")
+    if overrides is not None:
+        config.from_mapping(overrides)
+    return config
 
 
 class ConfigError(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import httpx
 import pytest
 from conftest import Server, empty_postgres, server_env, url_of
 from helpers import Listener, free_port, publish, wait_until
+from sqlalchemy import Engine, text
 
 from eventlog.database import make_engine
 from eventlog.migrate import upgrade
@@ -133,3 +135,39 @@ def test_database_outage_ends_streams_with_200_so_clients_come_back(
     assert response.status_code == 200
     assert response.text == "retry: 2000\n\n"
     assert httpx.get(f"{server.url}/readyz").status_code == 503
+
+
+def test_a_query_waiting_on_postgresql_does_not_freeze_the_worker(
+    postgres_url: str, start_server: Callable[..., Server]
+) -> None:
+    """psycopg must yield to gevent: with one publish stuck on the counter's lock, the same
+    worker still answers other requests (a driver that blocks would freeze them all)."""
+    server = start_server(postgres_url)
+    engine = make_engine(postgres_url)
+    result: dict[str, int] = {}
+
+    def stuck_publish() -> None:
+        result["status"] = httpx.post(f"{server.url}/streams/a/events", json={"data": 1}, timeout=30).status_code
+
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SELECT last_id FROM event_counter FOR UPDATE"))
+            publisher = threading.Thread(target=stuck_publish)
+            publisher.start()
+            wait_until(lambda: waiting_on_locks(engine) == 1)
+            started = time.monotonic()
+            assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+            assert time.monotonic() - started < 1
+            assert "status" not in result  # still waiting for the lock we hold
+        publisher.join(timeout=10)
+        assert result["status"] == 201
+    finally:
+        engine.dispose()
+
+
+def waiting_on_locks(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )).scalar_one())
