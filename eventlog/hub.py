@@ -32,6 +32,7 @@ class Subscription:
 
     def __init__(self, streams: frozenset[str], limit: int) -> None:
         self.streams = streams  # empty: every stream
+        self.position = 0  # the hub's cursor when this registered: later ids all arrive here
         self._limit = limit
         self._frames: list[Frame] = []
         self._overflowed = False
@@ -110,6 +111,7 @@ class Hub:
         self.start()
         subscription = Subscription(frozenset(streams), self._buffer)
         with self._lock:
+            subscription.position = self._cursor
             if subscription.streams:
                 for stream in subscription.streams:
                     self._by_stream[stream].add(subscription)

@@ -3,8 +3,10 @@
 ``event_stream`` is the single place where replay hands over to live delivery. It holds
 the exactly-once, in-order guarantee for its subscriber:
 
-1. register with the hub first, so every event committed from now on is buffered;
-2. replay ``id > cursor`` from SQL, page by page, advancing the cursor;
+1. register with the hub first: every id after the hub's cursor at that moment (the
+   subscription's ``position``) will be pushed into the subscriber's buffer;
+2. replay ``id > cursor`` from SQL, page by page, if the resume point is before that
+   position (a live-only stream, or one resuming at or after it, asks SQL nothing);
 3. drain the buffer, skipping ids at or below the cursor (the replay already sent them).
 
 An overflowed buffer (a slow reader) goes back to step 2 from the same cursor. No database
@@ -51,20 +53,27 @@ def event_stream(
     started = False
     try:
         subscription = hub.subscribe(streams)
-        with engine.connect() as conn:
-            newest = head(conn)
+        # Every id after ``position`` will arrive in the buffer; the database is asked only
+        # about what lies between the resume point and that position.
+        position = subscription.position
+        cursor = position if resume_after is None else resume_after
+        newest = position
+        if cursor > position:
+            with engine.connect() as conn:
+                newest = head(conn)
         # The first bytes go out at once, so headers flush; by now the subscriber is
         # registered and positioned, so nothing published from here on can be missed.
         started = True
         yield sse.retry(retry_ms).encode()
-        cursor = newest if resume_after is None else resume_after
         if cursor > newest:
             reset = json.dumps({"requested": cursor, "head": newest})
             yield sse.encode(reset, id=newest, event=RESET_TYPE).encode()
             cursor = newest
+        replay = cursor < position
         while True:
-            for chunk, cursor in _replay(engine, tuple(streams), cursor, page_size):
-                yield chunk
+            if replay:
+                for chunk, cursor in _replay(engine, tuple(streams), cursor, page_size):
+                    yield chunk
             while True:
                 taken = subscription.take(heartbeat_seconds)
                 if taken is None:
@@ -77,6 +86,7 @@ def event_stream(
                 if fresh:
                     cursor = fresh[-1].id
                     yield b"".join(f.wire for f in fresh)
+            replay = True
     except SQLAlchemyError as error:
         log.warning("ending a stream: database unavailable (%s)", type(error).__name__)
         if not started:
