@@ -144,3 +144,22 @@ def test_concurrent_retries_with_one_key_store_once(engine: Engine) -> None:
         results = list(pool.map(attempt, range(6)))
     assert all(r == [1, 2, 3] for r in results)
     assert count(engine) == 3
+
+
+def test_stored_data_comes_back_byte_for_byte(engine: Engine) -> None:
+    """The JSON text of each event survives the trip through the database unchanged."""
+    import json
+
+    values = [
+        {"text": "line\u2028sep\u2029para\u0085next\x0cfeed"},
+        {"quote": '"\\\'', "nul": "\u0000", "emoji": "😀", "tab": "\t"},
+        [1.5, -0.0, 1e300, None, True, "é"],
+        "just a string",
+    ]
+    batch = [NewEvent("s", "t", json.dumps(v, ensure_ascii=False, separators=(",", ":"))) for v in values]
+    with engine.begin() as conn:
+        stored = append(conn, batch).events
+    with engine.connect() as conn:
+        read = query(conn, EventFilter(), limit=10)
+    assert [e.data for e in read] == [e.data for e in stored] == [e.data for e in batch]
+    assert [json.loads(e.data) for e in read] == values
