@@ -131,6 +131,15 @@ def append(
     return outcome
 
 
+def needs_transaction(dialect: str, publishes: Sequence[Publish]) -> bool:
+    """Whether :func:`append_all` runs more than one statement for these publishes.
+
+    On PostgreSQL, publishes without idempotency keys are one statement, which can commit
+    by itself (autocommit): no BEGIN and COMMIT round trips around it.
+    """
+    return dialect != "postgresql" or any(p.idempotency_key is not None for p in publishes)
+
+
 def append_all(
     db: Connection | Session, publishes: Sequence[Publish]
 ) -> list[Appended | IdempotencyConflict]:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from sqlalchemy import Engine
 
 from .errors import IdempotencyConflict
-from .store import Appended, Publish, append_all
+from .store import Appended, Publish, append_all, needs_transaction
 
 MAX_EVENTS = 10_000  # per shared transaction, to keep the counter's lock hold short
 
@@ -42,6 +42,7 @@ class Writer:
 
     def __init__(self, engine: Engine, announce: Callable[[int, int], None]) -> None:
         self._engine = engine
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._announce = announce
         self._lock = threading.Lock()
         self._queue: list[_Ticket] = []
@@ -68,9 +69,14 @@ class Writer:
     def _lead(self) -> None:
         with self._lock:
             batch = self._take()
+        publishes = [t.publish for t in batch]
         try:
-            with self._engine.begin() as conn:
-                outcomes = append_all(conn, [t.publish for t in batch])
+            if needs_transaction(self._engine.dialect.name, publishes):
+                with self._engine.begin() as conn:
+                    outcomes = append_all(conn, publishes)
+            else:
+                with self._autocommit.connect() as conn:
+                    outcomes = append_all(conn, publishes)
             for ticket, outcome in zip(batch, outcomes, strict=True):
                 ticket.outcome = outcome
             new = [o.events for o in outcomes if isinstance(o, Appended) and not o.replayed]
