@@ -33,6 +33,9 @@ class Notifier(Protocol):
     def listen(self, ring: Ring, stop: threading.Event) -> None:
         """Call ``ring`` for every announcement, from any process, until ``stop`` is set."""
 
+    def close(self) -> None:
+        """Release connections and threads."""
+
 
 class LocalNotifier:
     """In-process notifications, for a single server process."""
@@ -51,6 +54,9 @@ class LocalNotifier:
         finally:
             self._rings.remove(ring)
 
+    def close(self) -> None:
+        pass
+
 
 class RedisNotifier(LocalNotifier):
     """Redis pub/sub notifications, shared by every process that uses the same channel."""
@@ -63,16 +69,50 @@ class RedisNotifier(LocalNotifier):
             url, socket_connect_timeout=1.0, socket_timeout=1.0, health_check_interval=10
         )
         self._publish_paused_until = 0.0
+        # Announcements waiting for the sender: the range they cover, merged.
+        self._lock = threading.Lock()
+        self._unsent: tuple[int, int] | None = None
+        self._wake = threading.Event()
+        self._closed = False
+        self._sender: threading.Thread | None = None
 
     def announce(self, first_id: int, last_id: int) -> None:
+        """Ring the local hub now; PUBLISH from a background sender, off the caller's path.
+
+        Announcements that pile up while the sender is busy go out as one message covering
+        all their ids: a doorbell only needs the newest id.
+        """
         super().announce(first_id, last_id)
-        if time.monotonic() < self._publish_paused_until:
-            return  # Redis failed a moment ago; the other hubs' head checks cover the gap
-        try:
-            self._client.publish(self.channel, json.dumps({"first": first_id, "last": last_id}))
-        except redis.RedisError as error:
-            self._publish_paused_until = time.monotonic() + self.retry_seconds
-            log.warning("redis publish failed (%s); other processes will poll", type(error).__name__)
+        with self._lock:
+            unsent = self._unsent
+            self._unsent = (first_id if unsent is None else unsent[0], last_id)
+            if self._sender is None:
+                self._sender = threading.Thread(
+                    target=self._send, name="eventlog-announcer", daemon=True
+                )
+                self._sender.start()
+        self._wake.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        if self._sender is not None:
+            self._sender.join(timeout=5)
+        self._client.close()
+
+    def _send(self) -> None:
+        while not self._closed:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                unsent, self._unsent = self._unsent, None
+            if unsent is None or time.monotonic() < self._publish_paused_until:
+                continue  # Redis failed a moment ago; the other hubs' periodic reads cover it
+            try:
+                self._client.publish(self.channel, json.dumps({"first": unsent[0], "last": unsent[1]}))
+            except redis.RedisError as error:
+                self._publish_paused_until = time.monotonic() + self.retry_seconds
+                log.warning("redis publish failed (%s); other processes will poll", type(error).__name__)
 
     def listen(self, ring: Ring, stop: threading.Event) -> None:
         self._rings.append(ring)

@@ -70,6 +70,13 @@ class EventLog:
         return self.writer.append(Publish(events, idempotency_key))
 
 
+    def close(self) -> None:
+        """Stop the hub and the notifier's threads and close database connections."""
+        self.hub.stop()
+        self.notifier.close()
+        self.engine.dispose()
+
+
 def current_eventlog() -> EventLog:
     """The EventLog of the app handling the current request or CLI command."""
     extension: EventLog = current_app.extensions[EXTENSION_KEY]

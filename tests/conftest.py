@@ -180,8 +180,7 @@ def app(database_url: str) -> Iterator[Flask]:
     app = create_app({"DATABASE_URL": database_url, "POLL_SECONDS": 0.2, "HEARTBEAT_SECONDS": 1})
     yield app
     eventlog: EventLog = app.extensions["eventlog"]
-    eventlog.hub.stop()
-    eventlog.engine.dispose()
+    eventlog.close()
 
 
 @pytest.fixture

@@ -126,7 +126,7 @@ def test_request_body_over_the_limit_is_413(database_url: str) -> None:
     response = post(client, {"data": "x" * 200})
     assert response.status_code == 413
     assert response.mimetype == "application/problem+json"
-    app.extensions["eventlog"].engine.dispose()
+    app.extensions["eventlog"].close()
 
 
 def test_unknown_route_and_method_are_problems(client: FlaskClient) -> None:

@@ -45,7 +45,7 @@ def redis_app(database_url: str, redis_url: str, redis_channel: str) -> Flask:
         {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "REDIS_CHANNEL": redis_channel}
     )
     yield app
-    app.extensions["eventlog"].engine.dispose()
+    app.extensions["eventlog"].close()
 
 
 def test_redis_announcement_follows_the_commit_and_carries_the_ids(
@@ -98,7 +98,7 @@ def test_publish_succeeds_while_redis_is_down(database_url: str) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 503
     assert ready.json == {"status": "unavailable", "database": "ok", "redis": "unreachable"}
-    app.extensions["eventlog"].engine.dispose()
+    app.extensions["eventlog"].close()
 
 
 def test_redis_listener_rings_on_every_announcement(redis_url: str, redis_channel: str) -> None:
