@@ -1,0 +1,423 @@
+"""Load-client building blocks, used inside the bench's client processes.
+
+- ``Publisher``: keep-alive HTTP/1.1 POSTs over ``http.client``.
+- ``SseConnection``: an asyncio protocol speaking raw HTTP/1.1 to an SSE endpoint: it sends
+  the GET, parses the status line and headers, undoes chunked transfer coding and cuts the
+  body into SSE frames. Cheap enough that a few processes hold ten thousand connections.
+- ``FrameParser``: a fast SSE frame splitter for the LF-only streams both servers write
+  (``eventlog.sse.Decoder`` is the exact, browser-like reader; the reconnect bench uses it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+# --- publishing -----------------------------------------------------------------------------
+
+class Publisher:
+    """POSTs over one keep-alive connection; reconnects after an error."""
+
+    def __init__(self, port: int, timeout: float = 30.0) -> None:
+        self.port = port
+        self.timeout = timeout
+        self.conn: http.client.HTTPConnection | None = None
+
+    def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """Status and body; status 0 for a connection-level failure."""
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+        try:
+            self.conn.request("POST", path, body, JSON_HEADERS)
+            response = self.conn.getresponse()
+            data = response.read()
+            if response.will_close:
+                self.close()
+            return response.status, data
+        except (OSError, http.client.HTTPException):
+            self.close()
+            return 0, b""
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def event_body(type_: str, data: Any) -> bytes:
+    return json.dumps({"type": type_, "data": data}, separators=(",", ":")).encode()
+
+
+# --- reading SSE over raw HTTP/1.1 ---------------------------------------------------------------
+
+def sse_request(path: str, port: int, last_event_id: str | None = None) -> bytes:
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Accept: text/event-stream",
+        "Cache-Control: no-cache",
+    ]
+    if last_event_id:
+        lines.append(f"Last-Event-ID: {last_event_id}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class ChunkedDecoder:
+    """Incremental decoding of ``Transfer-Encoding: chunked``."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._remaining = 0  # bytes left in the current chunk's data
+        self._need_crlf = False  # the CRLF after a chunk's data
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self.done:
+            return b""  # the trailer after the last chunk
+        buf = self._buf + data if self._buf else data
+        out: list[bytes] = []
+        pos, end = 0, len(buf)
+        for _ in range(len(buf) + 1):  # each round consumes bytes or stops
+            if self._remaining:
+                take = min(self._remaining, end - pos)
+                out.append(buf[pos:pos + take])
+                pos += take
+                self._remaining -= take
+                if self._remaining:
+                    break
+                self._need_crlf = True
+            if self._need_crlf:
+                if end - pos < 2:
+                    break
+                pos += 2
+                self._need_crlf = False
+            nl = buf.find(b"\r\n", pos)
+            if nl < 0:
+                break
+            size = int(buf[pos:nl].split(b";", 1)[0], 16)
+            pos = nl + 2
+            if size == 0:
+                self.done = True
+                pos = end
+                break
+            self._remaining = size
+        self._buf = buf[pos:]
+        return b"".join(out)
+
+
+class FrameParser:
+    """SSE frames from LF-terminated lines: a list of (last id, event type, data) per feed.
+
+    Frames without data (comments, ``retry:``) are not returned, as in EventSource.
+    """
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self.last_id: bytes = b""
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes, bytes]]:
+        buf = self._buf + data if self._buf else data
+        if b"\n\n" not in buf:
+            self._buf = buf
+            return []
+        frames = buf.split(b"\n\n")
+        self._buf = frames.pop()
+        out = []
+        for frame in frames:
+            body: bytes | None = None
+            event = b"message"
+            for line in frame.split(b"\n"):
+                if line.startswith(b"data:"):
+                    value = line[6:] if line[5:6] == b" " else line[5:]
+                    body = value if body is None else body + b"\n" + value
+                elif line.startswith(b"id:"):
+                    self.last_id = line[4:] if line[3:4] == b" " else line[3:]
+                elif line.startswith(b"event:"):
+                    event = line[7:] if line[6:7] == b" " else line[6:]
+            if body is not None:
+                out.append((self.last_id, event, body))
+        return out
+
+
+class SseConnection(asyncio.Protocol):
+    """One SSE subscriber over raw HTTP/1.1. Subclass and override the ``on_*`` hooks."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.transport: asyncio.Transport | None = None
+        self.status: int | None = None
+        self.first_bytes_at: float | None = None
+        self.closed = False
+        self.error: str | None = None
+        self.attempts = 1
+        self._head = b""
+        self._chunked: ChunkedDecoder | None = None
+        self.parser = FrameParser()
+
+    # hooks
+    def on_first_bytes(self) -> None: ...
+    def on_frames(self, frames: list[tuple[bytes, bytes, bytes]], now: float) -> None: ...
+    def on_body(self, data: bytes, now: float) -> None:
+        frames = self.parser.feed(data)
+        if frames:
+            self.on_frames(frames, now)
+    def on_close(self) -> None: ...
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # or EpollClients' socket wrapper
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        if self.status is None:
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._head) > 65536:
+                    self.fail("response head too long")
+                return
+            head, data = self._head[:end].decode("latin-1"), self._head[end + 4:]
+            self._head = b""
+            status_line, *header_lines = head.split("\r\n")
+            try:
+                self.status = int(status_line.split()[1])
+            except (IndexError, ValueError):
+                self.fail(f"bad status line {status_line[:60]!r}")
+                return
+            if self.status != 200:
+                self.fail(f"HTTP {self.status}")
+                return
+            headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+            if "chunked" in headers.get("transfer-encoding", "").lower():
+                self._chunked = ChunkedDecoder()
+        if self._chunked is not None:
+            data = self._chunked.feed(data)
+        if data:
+            if self.first_bytes_at is None:
+                self.first_bytes_at = now
+                self.on_first_bytes()
+            self.on_body(data, now)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.error is None:
+                self.error = f"closed: {exc!r}" if exc else "closed by server"
+            self.on_close()
+
+    def fail(self, reason: str) -> None:
+        self.error = reason
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once, as a flaky network would."""
+        self.error = "aborted by client"
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def connect(protocol: SseConnection, port: int, timeout: float = 10.0) -> bool:
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(loop.create_connection(lambda: protocol, "127.0.0.1", port), timeout)
+        return True
+    except (TimeoutError, OSError) as error:
+        protocol.error = f"connect: {type(error).__name__}: {error}"
+        protocol.closed = True
+        return False
+
+
+async def open_many(
+    factory: Any, count: int, port: int, rate: float, concurrency: int = 200, timeout: float = 10.0,
+    retries: int = 0, retry_delay: float = 1.0,
+) -> list[SseConnection]:
+    """Open ``count`` connections at about ``rate`` per second, ``concurrency`` at a time.
+
+    A connection that cannot be made (refused, timed out) is tried again up to ``retries``
+    times, ``retry_delay`` apart, as EventSource does; ``attempts`` on each says how often.
+    """
+    gate = asyncio.Semaphore(concurrency)
+    start = time.monotonic()
+    protocols: list[SseConnection] = []
+
+    async def one(i: int) -> None:
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        for attempt in range(retries + 1):
+            async with gate:
+                protocol = factory(i)
+                protocol.attempts = attempt + 1
+                if await connect(protocol, port, timeout):
+                    break
+            if attempt < retries:
+                await asyncio.sleep(retry_delay)
+        protocols.append(protocol)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    return protocols
+
+
+async def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(interval)
+    return bool(predicate())
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+def percentile(sorted_values: Sequence[float], p: float) -> float | None:
+    if not sorted_values:
+        return None
+    k = min(len(sorted_values) - 1, max(0, math.ceil(p / 100 * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+# --- paced publishing (a process of its own) ----------------------------------------------------
+
+def paced_publisher(port: int, path: str, type_: str, total: int, rate: float, threads: int,
+                    ok_status: int, start_at: float, results: Any, tag: str = "published") -> None:
+    """Publish events ``seq`` 0..total-1 at ``rate`` per second from ``threads`` keep-alive
+    connections, each event's data ``{"seq": n, "t": <time.monotonic() when sent>}``.
+
+    Reports ``(tag, 0, {"sent", "errors", "first", "last", "late_max"})`` on ``results``.
+    """
+    import threading
+
+    errors = [0]
+    late = [0.0]
+    lock = threading.Lock()
+
+    def run(offset: int) -> None:
+        publisher = Publisher(port)
+        for seq in range(offset, total, threads):
+            due = start_at + seq / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            now = time.monotonic()
+            status, _ = publisher.post(path, event_body(type_, {"seq": seq, "t": now}))
+            with lock:
+                late[0] = max(late[0], now - due)
+                if status != ok_status:
+                    errors[0] += 1
+        publisher.close()
+
+    delay = start_at - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+    first = time.monotonic()
+    workers = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    budget = total / rate + 120
+    for worker in workers:
+        worker.join(timeout=max(0.1, first + budget - time.monotonic()))
+    results.put((tag, 0, {"sent": total - errors[0], "errors": errors[0], "first": first,
+                       "last": time.monotonic(), "late_max": late[0]}))
+
+
+# --- a lean epoll loop (for the fan-out bench, where the clients read a million frames) ----------
+
+class _SocketTransport:
+    """The two transport calls ``SseConnection`` makes, over a plain socket."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.open = True
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        self.open = False
+
+    abort = close
+
+
+class EpollClients:
+    """SseConnections on non-blocking sockets and one epoll: a few Python calls per read,
+    about half of what an asyncio event loop spends (asyncio's callbacks cost more than the
+    parsing when each read brings one small frame)."""
+
+    def __init__(self, port: int) -> None:
+        import select
+
+        self.port = port
+        self.epoll = select.epoll()
+        self.by_fd: dict[int, tuple[Any, SseConnection]] = {}
+        self.conns: list[SseConnection] = []
+        self.reads = 0
+
+    def open(self, protocol: SseConnection, timeout: float = 10.0) -> bool:
+        import select
+        import socket
+
+        self.conns.append(protocol)
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        except OSError as error:
+            protocol.error = f"connect: {type(error).__name__}: {error}"
+            protocol.closed = True
+            return False
+        transport = _SocketTransport(sock)
+        protocol.connection_made(transport)  # type: ignore[arg-type]  # sends the request
+        sock.setblocking(False)
+        self.epoll.register(sock.fileno(), select.EPOLLIN)
+        self.by_fd[sock.fileno()] = (sock, protocol)
+        return True
+
+    def run(self, done: Any, timeout: float, check_every: float = 0.1) -> bool:
+        """Read until ``done()`` (checked every ``check_every`` s) or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        next_check = 0.0
+        poll, by_fd = self.epoll.poll, self.by_fd
+        while True:
+            now = time.monotonic()
+            if now >= next_check:
+                if done():
+                    return True
+                if now >= deadline:
+                    return False
+                next_check = now + check_every
+            for fd, _events in poll(check_every):
+                sock, protocol = by_fd[fd]
+                try:
+                    data = sock.recv(262144)
+                except BlockingIOError:
+                    continue
+                except OSError as error:
+                    self._lost(fd, error)
+                    continue
+                if not data:
+                    self._lost(fd, None)
+                    continue
+                self.reads += 1
+                protocol.data_received(data)
+                if not protocol.transport.open:  # type: ignore[union-attr]
+                    self._lost(fd, None)
+
+    def _lost(self, fd: int, error: Exception | None) -> None:
+        sock, protocol = self.by_fd.pop(fd)
+        self.epoll.unregister(fd)
+        sock.close()
+        protocol.connection_lost(error)
+
+    def close(self) -> None:
+        for fd in list(self.by_fd):
+            sock, _ = self.by_fd.pop(fd)
+            sock.close()
+        self.epoll.close()
