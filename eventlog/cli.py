@@ -37,14 +37,14 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", envvar="EVENTLOG_HOST", default="127.0.0.1", help="Address to listen on.")
-@click.option("--port", envvar="EVENTLOG_PORT", default=8000, type=int, help="Port to listen on.")
+@click.option("--host", envvar="EVENTLOG_HOST", show_envvar=True, default="127.0.0.1", help="Address to listen on.")
+@click.option("--port", envvar="EVENTLOG_PORT", show_envvar=True, default=8000, type=int, help="Port to listen on.")
 @click.option(
-    "--workers", envvar="EVENTLOG_WORKERS", default=1, type=click.IntRange(1),
-    help="Worker processes. More than one needs EVENTLOG_REDIS_URL to share notifications.",
+    "--workers", envvar="EVENTLOG_WORKERS", show_envvar=True, default=1, type=click.IntRange(1),
+    help="Worker processes. Without EVENTLOG_REDIS_URL they learn of each other's events by polling.",
 )
 @click.option(
-    "--connections", envvar="EVENTLOG_WORKER_CONNECTIONS", default=20000, type=click.IntRange(1),
+    "--connections", envvar="EVENTLOG_WORKER_CONNECTIONS", show_envvar=True, default=20000, type=click.IntRange(1),
     help="Concurrent connections each worker accepts.",
 )
 @click.option(
