@@ -443,6 +443,22 @@ def bench_fanout(args: argparse.Namespace) -> list[list[str]]:
     return rows
 
 
+def wait_ready(inbox: Inbox, clients: int, server: Any, is_flask_sse: bool, ok: int,
+               settle: float) -> dict[int, Any]:
+    """Collect each client process's "ready" report (bounded by ``settle`` + 30 s).
+
+    Flask-SSE sends nothing until an event comes, so its subscribers are pinged until every
+    client has seen one; an eventlog subscriber is ready at its first bytes.
+    """
+    deadline = time.monotonic() + settle + 30
+    ready: dict[int, Any] = {}
+    while len(ready) < clients and time.monotonic() < deadline:
+        if is_flask_sse:
+            publish_one(server.port, server.publish_path(STREAM), "ping", {}, ok)
+        ready.update(inbox.collect("ready", clients - len(ready), 0.3))
+    return ready
+
+
 def _fanout_one(args: argparse.Namespace, label: str, server: Any, ok: int, total: int,
                 database_url: str) -> dict[str, Any]:
     inbox = Inbox()
@@ -454,13 +470,7 @@ def _fanout_one(args: argparse.Namespace, label: str, server: Any, ok: int, tota
                           inbox.queue, stop)
     publisher = None
     try:
-        # Flask-SSE sends nothing until an event comes: ping until every subscriber has one.
-        deadline = time.monotonic() + args.settle + 30
-        ready: dict[int, Any] = {}
-        while len(ready) < len(procs) and time.monotonic() < deadline:
-            if is_flask_sse:
-                publish_one(server.port, server.publish_path(STREAM), "ping", {}, ok)
-            ready.update(inbox.collect("ready", len(procs) - len(ready), 0.3))
+        ready = wait_ready(inbox, len(procs), server, is_flask_sse, ok, args.settle)
         n_ready = sum(ready.values())
         time.sleep(0.5)
         start_at = time.monotonic() + 0.5
@@ -838,12 +848,7 @@ def _reconnect_one(args: argparse.Namespace, label: str, server: Any, ok: int,
         proc.start()
     publisher = None
     try:
-        deadline = time.monotonic() + args.settle + 30
-        ready: dict[int, Any] = {}
-        while len(ready) < len(procs) and time.monotonic() < deadline:
-            if is_flask_sse:
-                publish_one(server.port, server.publish_path(STREAM), "ping", {}, ok)
-            ready.update(inbox.collect("ready", len(procs) - len(ready), 0.3))
+        ready = wait_ready(inbox, len(procs), server, is_flask_sse, ok, args.settle)
         time.sleep(0.5)
         start_at = time.monotonic() + 0.5
         go_at.value = start_at
