@@ -67,7 +67,8 @@ def serve(host: str, port: int, workers: int, connections: int, migrate: bool) -
         # In a child process, so that this one never imports the database driver: psycopg
         # picks its wait function when imported, and one picked before gevent patches the
         # forked workers would block a whole worker on every query.
-        subprocess.run([sys.executable, "-m", "eventlog", "db", "upgrade"], check=True)
+        # -P: import eventlog as installed, not a source checkout that happens to be the cwd.
+        subprocess.run([sys.executable, "-P", "-m", "eventlog", "db", "upgrade"], check=True)
     from .server import serve as run_server
 
     run_server(host, port, workers, connections)

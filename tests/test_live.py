@@ -171,3 +171,11 @@ def waiting_on_locks(engine: Engine) -> int:
             "SELECT count(*) FROM pg_stat_activity"
             " WHERE datname = current_database() AND wait_event_type = 'Lock'"
         )).scalar_one())
+
+
+def test_serve_migrates_a_fresh_database_first(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """The README's run command: ``eventlog serve`` on an empty database creates the schema."""
+    server = start_server(f"sqlite:///{tmp_path / 'new.db'}", args=["--migrate"])  # wins over --no-migrate
+    assert publish(server.url, "a", 1)["id"] == 1
