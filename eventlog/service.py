@@ -17,8 +17,9 @@ from .config import Settings
 from .database import make_engine
 from .hub import Hub
 from .notify import LocalNotifier, Notifier, RedisNotifier
+from .sse import DEFAULT_TYPE
 from .store import Appended, Publish, StoredEvent
-from .validation import DEFAULT_TYPE, NewEvent, parse_events
+from .validation import NewEvent, parse_events
 from .writer import Writer
 
 EXTENSION_KEY = "eventlog"

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidRequest, PayloadTooLarge
+from .sse import DEFAULT_TYPE  # what EventSource's onmessage receives
 
 NAME = re.compile(r"[A-Za-z0-9._:-]{1,200}")
-DEFAULT_TYPE = "message"  # what EventSource's onmessage receives
 EVENT_KEYS = frozenset({"type", "data"})
 
 
