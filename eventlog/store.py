@@ -170,11 +170,7 @@ def append_all(
             else:
                 outcomes[index] = _conflict()
             continue
-        try:
-            earlier = _claim_key(conn, key, fingerprint, now)
-        except IdempotencyConflict as conflict:
-            outcomes[index] = conflict
-            continue
+        earlier = _claim_key(conn, key, fingerprint, now)
         if earlier is None:
             claimed[key] = (index, fingerprint)
             fresh.append(index)
@@ -275,8 +271,9 @@ def _conditions(where: EventFilter) -> list[ColumnElement[bool]]:
 
 def _claim_key(
     conn: Connection, key: str, fingerprint: str, now: datetime
-) -> Appended | None:
-    """Record ``key`` for this publish, or return the earlier publish made with it.
+) -> Appended | IdempotencyConflict | None:
+    """Record ``key`` for this publish (None), or return the earlier publish made with it,
+    or the conflict when that one stored other events.
 
     On PostgreSQL a concurrent publish with the same key waits here for the first one's
     transaction to end, then sees its result: the key is claimed before the counter is
@@ -293,7 +290,7 @@ def _claim_key(
         return None
     earlier = conn.execute(select(IdempotencyKey).where(IdempotencyKey.key == key)).one()
     if earlier.fingerprint != fingerprint:
-        raise _conflict()
+        return _conflict()
     assert earlier.first_id is not None and earlier.last_id is not None
     events = query(
         conn,

@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import sse
 from .hub import Hub, Subscription
-from .store import EventFilter, StoredEvent, head, query
+from .store import EventFilter, head, query
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ def event_stream(
 ) -> Iterator[bytes]:
     """Yield SSE bytes for events of ``streams`` (all if empty) with id > ``resume_after``.
 
-    Without a resume point the stream starts at the head: only new events. A resume point
-    beyond the head gets a ``reset`` event naming both, then continues from the head. If the
+    Without a resume point the stream starts where the hub is: only new events. A resume
+    point beyond the head gets a ``reset`` event naming both, then continues from the head. If the
     database fails, the stream ends (after ``retry:``, if nothing was sent yet): the client
     comes back and resumes, where an error status would make EventSource give up for good.
     """
@@ -96,11 +96,6 @@ def event_stream(
             hub.unsubscribe(subscription)
 
 
-def wire(events: Sequence[StoredEvent]) -> bytes:
-    """SSE bytes for stored events, one frame each."""
-    return "".join(sse.encode(e.data, id=e.id, event=e.type) for e in events).encode()
-
-
 def _replay(
     engine: Engine, streams: tuple[str, ...], cursor: int, page_size: int
 ) -> Iterator[tuple[bytes, int]]:
@@ -111,6 +106,6 @@ def _replay(
         if not page:
             return
         cursor = page[-1].id
-        yield wire(page), cursor
+        yield b"".join(sse.frame(e.id, e.type, e.data).wire for e in page), cursor
         if len(page) < page_size:
             return
