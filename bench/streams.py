@@ -489,9 +489,7 @@ def _fanout_one(args: argparse.Namespace, label: str, server: Any, ok: int, tota
         done.update(inbox.collect("done", len(procs) - len(done), 30))
     finally:
         stop.set()
-        join_clients(procs)
-        if publisher is not None:
-            join_clients([publisher])
+        join_clients(procs if publisher is None else [*procs, publisher])
     latencies = array("d")
     for d in done.values():
         latencies.frombytes(d["latencies"])
@@ -863,9 +861,7 @@ def _reconnect_one(args: argparse.Namespace, label: str, server: Any, ok: int,
         done.update(inbox.collect("done", len(procs) - len(done), 30))
     finally:
         stop.set()
-        join_clients(procs)
-        if publisher is not None:
-            join_clients([publisher])
+        join_clients(procs if publisher is None else [*procs, publisher])
 
     def total(key: str) -> int:
         return sum(d[key] for d in done.values())
