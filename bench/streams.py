@@ -115,6 +115,17 @@ def start_clients(target: Any, per_client: list[int], *args: Any) -> list[Any]:
     return procs
 
 
+def run_each(runs: Any, run_one: Any) -> dict[str, dict[str, Any]]:
+    """Run one scenario on each server in turn (eventlog, then Flask-SSE), printing progress."""
+    results: dict[str, dict[str, Any]] = {}
+    for label, server, ok in runs:
+        print(f"  {label} ...", flush=True)
+        with server:
+            results[label] = run_one(label, server, ok)
+        print(f"    {label}: {results[label]['summary']}", flush=True)
+    return results
+
+
 def join_clients(procs: list[Any], timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     for proc in procs:
@@ -228,13 +239,11 @@ def bench_idle(args: argparse.Namespace) -> list[list[str]]:
     print(f"\n[idle] {n:,} idle SSE connections on one server process (1 gevent worker), opened at "
           f"{args.connect_rate:,.0f}/s by {args.clients} client processes; a private redis-server "
           f"(maxclients {n + 1000:,}) for both servers", flush=True)
-    results: dict[str, dict[str, Any]] = {}
     with PrivateRedis(maxclients=n + 1000) as redis_server, fresh_database(args.keep_db) as database_url:
-        for label, server, ok in servers(args, database_url, 1, redis_server.url, run, "idle"):
-            print(f"  {label} ...", flush=True)
-            with server:
-                results[label] = _idle_one(args, label, server, ok, redis_server)
-            print(f"    {label}: {results[label]['summary']}", flush=True)
+        results = run_each(
+            servers(args, database_url, 1, redis_server.url, run, "idle"),
+            lambda label, server, ok: _idle_one(args, label, server, ok, redis_server),
+        )
     ours, theirs = results.get("eventlog", {}), results.get("Flask-SSE", {})
     def mb_(value: float | None, present: dict[str, Any]) -> str:
         return mb(value) if present else "-"
@@ -414,13 +423,11 @@ def bench_fanout(args: argparse.Namespace) -> list[list[str]]:
     print(f"\n[fanout] {args.subscribers:,} subscribers of one stream ({args.clients} client processes), "
           f"{total:,} events at {args.rate:g}/s ({args.publishers} keep-alive publisher connections); "
           f"2 gevent workers per server", flush=True)
-    results: dict[str, dict[str, Any]] = {}
     with fresh_database(args.keep_db) as database_url:
-        for label, server, ok in servers(args, database_url, 2, args.redis_url, run, "fanout"):
-            print(f"  {label} ...", flush=True)
-            with server:
-                results[label] = _fanout_one(args, label, server, ok, total, database_url)
-            print(f"    {label}: {results[label]['summary']}", flush=True)
+        results = run_each(
+            servers(args, database_url, 2, args.redis_url, run, "fanout"),
+            lambda label, server, ok: _fanout_one(args, label, server, ok, total, database_url),
+        )
     ours, theirs = results.get("eventlog", {}), results.get("Flask-SSE", {})
     expected = total * args.subscribers
     rows = [
@@ -806,13 +813,11 @@ def bench_reconnect(args: argparse.Namespace) -> list[list[str]]:
           f"events are published at {args.rate:g}/s; 2 gevent workers per server", flush=True)
     rng = random.Random(args.seed)
     plans = [drop_plan(rng, args.drops, window, args.reconnect_delay) for _ in range(args.subscribers)]
-    results: dict[str, dict[str, Any]] = {}
     with fresh_database(args.keep_db) as database_url:
-        for label, server, ok in servers(args, database_url, 2, args.redis_url, run, "reconnect"):
-            print(f"  {label} ...", flush=True)
-            with server:
-                results[label] = _reconnect_one(args, label, server, ok, plans)
-            print(f"    {label}: {results[label]['summary']}", flush=True)
+        results = run_each(
+            servers(args, database_url, 2, args.redis_url, run, "reconnect"),
+            lambda label, server, ok: _reconnect_one(args, label, server, ok, plans),
+        )
     ours, theirs = results.get("eventlog", {}), results.get("Flask-SSE", {})
     expected = args.events * args.subscribers
     rows = [
