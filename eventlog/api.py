@@ -146,7 +146,6 @@ def _live(streams: list[str], extra: set[str]) -> Response:
         eventlog.hub,
         streams,
         resume_after,
-        heartbeat_seconds=eventlog.settings.heartbeat_seconds,
         retry_ms=eventlog.settings.retry_ms,
     )
     response = Response(body, mimetype=EVENT_STREAM)

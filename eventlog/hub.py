@@ -8,6 +8,10 @@ after commit) a delay instead of a loss.
 Each subscriber has a bounded buffer. When a push would overflow it, the buffer is
 dropped and the subscriber is flagged; its stream then catches up from SQL from its own
 cursor (see ``stream.py``), so a slow reader costs at most ``buffer`` events of memory.
+
+Heartbeats come from the hub too: every ``heartbeat_seconds`` one tick wakes the subscribers
+that received nothing since the tick before. A stream then waits on its buffer without a
+timeout; a timer per wait cost more CPU than the fan-out itself.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class Subscription:
         self._limit = limit
         self._frames: list[Frame] = []
         self._overflowed = False
+        self._heard = False  # whether anything was pushed since the hub's last tick
         self._lock = threading.Lock()
         self._ready = threading.Event()
 
@@ -54,16 +59,23 @@ class Subscription:
                 self._overflowed = True
             else:
                 self._frames.extend(frames)
+            self._heard = True
             self._ready.set()
 
-    def take(self, timeout: float) -> tuple[list[Frame], bool] | None:
-        """Wait up to ``timeout`` for events; return them and whether any were dropped.
+    def tick(self) -> None:
+        """The hub's heartbeat tick: wake the reader if nothing was pushed since the last one."""
+        with self._lock:
+            if not self._heard:
+                self._ready.set()  # take() returns no events: the stream sends a heartbeat
+            self._heard = False
 
-        None means nothing arrived in time. After a ``True`` the buffer starts afresh, so
-        everything from then on arrives here again.
+    def take(self) -> tuple[list[Frame], bool]:
+        """Wait for events, or a heartbeat tick; return them and whether any were dropped.
+
+        No events and no drop means the tick: the subscriber has been idle for a heartbeat.
+        After a ``True`` the buffer starts afresh, so everything from then on arrives here again.
         """
-        if not self._ready.wait(timeout):
-            return None
+        self._ready.wait()
         with self._lock:
             frames, overflowed = self._frames, self._overflowed
             self._frames, self._overflowed = [], False
@@ -80,12 +92,14 @@ class Hub:
         notifier: Notifier,
         *,
         poll_seconds: float = 1.0,
+        heartbeat_seconds: float = 15.0,
         buffer: int = 1000,
         page_size: int = 1000,
     ) -> None:
         self._engine = engine
         self._notifier = notifier
         self._poll_seconds = poll_seconds
+        self._heartbeat_seconds = heartbeat_seconds
         self._buffer = buffer
         self._page_size = page_size
         self._lock = threading.Lock()
@@ -143,6 +157,7 @@ class Hub:
                 self._cursor = head(conn)
             self._threads = [
                 threading.Thread(target=self._run, name="eventlog-hub", daemon=True),
+                threading.Thread(target=self._beat, name="eventlog-heartbeat", daemon=True),
                 threading.Thread(
                     target=self._notifier.listen,
                     args=(self.ring, self._stop),
@@ -167,6 +182,11 @@ class Hub:
                 self._catch_up()
             except SQLAlchemyError as error:
                 log.warning("hub could not read new events (%s); retrying", type(error).__name__)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._heartbeat_seconds):
+            for subscription in self.subscriptions():
+                subscription.tick()
 
     def _catch_up(self) -> None:
         """Read everything after the cursor, page by page, and fan it out."""

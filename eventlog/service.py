@@ -50,6 +50,7 @@ class EventLog:
             self.engine,
             self.notifier,
             poll_seconds=self.settings.poll_seconds,
+            heartbeat_seconds=self.settings.heartbeat_seconds,
             buffer=self.settings.subscriber_buffer,
         )
         self.writer = Writer(self.engine, self.notifier.announce)
@@ -69,7 +70,6 @@ class EventLog:
     def append(self, events: list[NewEvent], *, idempotency_key: str | None = None) -> Appended:
         """Store already-validated events (committed on return), then announce them."""
         return self.writer.append(Publish(events, idempotency_key))
-
 
     def close(self) -> None:
         """Stop the hub and the notifier's threads and close database connections."""

@@ -38,7 +38,6 @@ def event_stream(
     streams: Sequence[str],
     resume_after: int | None,
     *,
-    heartbeat_seconds: float,
     retry_ms: int,
     page_size: int = 1000,
 ) -> Iterator[bytes]:
@@ -75,13 +74,12 @@ def event_stream(
                 for chunk, cursor in _replay(engine, tuple(streams), cursor, page_size):
                     yield chunk
             while True:
-                taken = subscription.take(heartbeat_seconds)
-                if taken is None:
-                    yield HEARTBEAT
-                    continue
-                frames, overflowed = taken
+                frames, overflowed = subscription.take()
                 if overflowed:
                     break  # dropped events: replay them from SQL, then carry on live
+                if not frames:
+                    yield HEARTBEAT  # the hub's tick: idle for a heartbeat interval
+                    continue
                 fresh = [f for f in frames if f.id > cursor]
                 if fresh:
                     cursor = fresh[-1].id

@@ -177,7 +177,7 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def app(database_url: str) -> Iterator[Flask]:
-    app = create_app({"DATABASE_URL": database_url, "POLL_SECONDS": 0.2, "HEARTBEAT_SECONDS": 1})
+    app = create_app({"DATABASE_URL": database_url, "POLL_SECONDS": 0.2, "HEARTBEAT_SECONDS": 0.2})
     yield app
     eventlog: EventLog = app.extensions["eventlog"]
     eventlog.close()

@@ -58,8 +58,7 @@ def test_handover_has_no_gap_and_no_duplicate(eventlog: EventLog) -> None:
         resume, count = rng.randint(0, before), rng.randint(1, 60)
         publisher = threading.Thread(target=publish_many, args=(eventlog, count, random.Random(run), ["a"]))
         stream = event_stream(
-            eventlog.engine, eventlog.hub, [], resume,
-            heartbeat_seconds=0.2, retry_ms=100, page_size=rng.choice([1, 2, 5, 100]),
+            eventlog.engine, eventlog.hub, [], resume, retry_ms=100, page_size=rng.choice([1, 2, 5, 100]),
         )
         publisher.start()
         assert next(stream).startswith(b"retry: 100")  # subscribed; the replay is next
@@ -74,7 +73,7 @@ class RacingHub(Hub):
     registers: the moment where a naive handover (replay, then subscribe) loses it."""
 
     def __init__(self, eventlog: EventLog) -> None:
-        super().__init__(eventlog.engine, eventlog.notifier, poll_seconds=0.05)
+        super().__init__(eventlog.engine, eventlog.notifier, poll_seconds=0.05, heartbeat_seconds=0.2)
         self.eventlog = eventlog
 
     def subscribe(self, streams: Iterable[str] = ()) -> Subscription:
@@ -88,7 +87,7 @@ def test_event_committed_while_subscribing_is_not_lost(eventlog: EventLog) -> No
     for i in range(3):
         eventlog.publish("a", i)
     hub = RacingHub(eventlog)
-    stream = event_stream(eventlog.engine, hub, [], 1, heartbeat_seconds=0.2, retry_ms=100, page_size=1)
+    stream = event_stream(eventlog.engine, hub, [], 1, retry_ms=100, page_size=1)
     messages = read_until(stream, 4)
     stream.close()
     hub.stop()
@@ -97,7 +96,7 @@ def test_event_committed_while_subscribing_is_not_lost(eventlog: EventLog) -> No
 
 def test_stream_filter_delivers_only_its_streams_in_order(eventlog: EventLog) -> None:
     rng = random.Random(7)
-    stream = event_stream(eventlog.engine, eventlog.hub, ["a", "c"], 0, heartbeat_seconds=0.2, retry_ms=100, page_size=3)
+    stream = event_stream(eventlog.engine, eventlog.hub, ["a", "c"], 0, retry_ms=100, page_size=3)
     next(stream)
     publish_many(eventlog, 200, rng, ["a", "b", "c"])
     with eventlog.engine.connect() as conn:
@@ -112,8 +111,8 @@ def test_stream_filter_delivers_only_its_streams_in_order(eventlog: EventLog) ->
 def test_slow_reader_has_a_bounded_buffer_and_still_gets_everything(eventlog: EventLog) -> None:
     """Invariant 5: a subscriber that stops reading holds at most ``buffer`` events in
     memory; when it reads again it catches up from SQL, missing nothing."""
-    hub = Hub(eventlog.engine, LocalNotifier(), poll_seconds=0.05, buffer=10)
-    stream = event_stream(eventlog.engine, hub, [], 0, heartbeat_seconds=0.2, retry_ms=100)
+    hub = Hub(eventlog.engine, LocalNotifier(), poll_seconds=0.05, heartbeat_seconds=0.2, buffer=10)
+    stream = event_stream(eventlog.engine, hub, [], 0, retry_ms=100)
     next(stream)  # subscribed, then the reader stalls (as on a blocked socket write)
     rng = random.Random(3)
     publish_many(eventlog, 500, rng, ["a"])
@@ -129,7 +128,7 @@ def test_slow_reader_has_a_bounded_buffer_and_still_gets_everything(eventlog: Ev
 
 def test_resume_point_beyond_head_gets_a_reset_event_then_live(eventlog: EventLog) -> None:
     eventlog.publish("a", 1)
-    stream = event_stream(eventlog.engine, eventlog.hub, [], 99, heartbeat_seconds=0.2, retry_ms=100)
+    stream = event_stream(eventlog.engine, eventlog.hub, [], 99, retry_ms=100)
     next(stream)
     reset = read_until(stream, 1)
     assert reset == [Message('{"requested": 99, "head": 1}', "reset", "1")]
@@ -140,24 +139,44 @@ def test_resume_point_beyond_head_gets_a_reset_event_then_live(eventlog: EventLo
 
 def test_without_resume_point_only_new_events_arrive(eventlog: EventLog) -> None:
     eventlog.publish("a", "old")
-    stream = event_stream(eventlog.engine, eventlog.hub, [], None, heartbeat_seconds=0.2, retry_ms=100)
+    stream = event_stream(eventlog.engine, eventlog.hub, [], None, retry_ms=100)
     next(stream)
     eventlog.publish("a", "new")
     assert [m.data for m in read_until(stream, 2)] == ['"new"']
     stream.close()
 
 
-def test_idle_stream_sends_heartbeats(eventlog: EventLog) -> None:
-    stream = event_stream(eventlog.engine, eventlog.hub, [], None, heartbeat_seconds=0.05, retry_ms=100)
+def test_idle_stream_sends_a_heartbeat_every_interval(eventlog: EventLog) -> None:
+    hub = Hub(eventlog.engine, LocalNotifier(), heartbeat_seconds=0.1)
+    stream = event_stream(eventlog.engine, hub, [], None, retry_ms=100)
     next(stream)
-    assert next(stream) == b": heartbeat\n\n"
+    started = time.monotonic()
+    assert [next(stream) for _ in range(3)] == [b": heartbeat\n\n"] * 3
+    # The first tick comes within an interval of subscribing, then one every interval.
+    assert 0.15 <= time.monotonic() - started < 2
     stream.close()
-    assert eventlog.hub.subscriptions() == set()
+    assert hub.subscriptions() == set()
+    hub.stop()
+
+
+def test_stream_that_receives_events_gets_no_heartbeat(eventlog: EventLog) -> None:
+    hub = Hub(eventlog.engine, eventlog.notifier, poll_seconds=0.05, heartbeat_seconds=0.3)
+    stream = event_stream(eventlog.engine, hub, [], None, retry_ms=100)
+    next(stream)
+    chunks = []
+    for i in range(10):
+        eventlog.publish("a", i)
+        chunks.append(next(stream))
+        time.sleep(0.05)  # a sixth of an interval: each tick finds an event since the last
+    stream.close()
+    hub.stop()
+    assert b": heartbeat" not in b"".join(chunks)
+    assert [m.data for m in Decoder().feed(b"".join(chunks))] == [str(i) for i in range(10)]
 
 
 @pytest.mark.parametrize("payload", ["line\u2028sep", "next\u0085line", "form\x0cfeed", "cr\rlf\n", "😀"])
 def test_payload_with_line_separators_arrives_intact(eventlog: EventLog, payload: str) -> None:
-    stream = event_stream(eventlog.engine, eventlog.hub, [], 0, heartbeat_seconds=0.2, retry_ms=100)
+    stream = event_stream(eventlog.engine, eventlog.hub, [], 0, retry_ms=100)
     next(stream)
     stored = eventlog.publish("a", {"text": payload})
     [message] = read_until(stream, stored.id)
