@@ -159,7 +159,7 @@ class CpuMeter:
         self.before = self._snapshot()
         return self
 
-    def stop(self) -> dict[str, float]:
+    def stop(self) -> dict[str, Any]:
         after, before = self._snapshot(), self.before
         wall = after["t"] - before["t"]
 
@@ -167,6 +167,10 @@ class CpuMeter:
             # Processes that started during the window count from zero.
             return sum((v or 0) - (before[key].get(pid) or 0) for pid, v in after[key].items())
 
+        # Per worker too: keep-alive clients stay on the worker that accepted them, and an
+        # uneven split (one worker busy, one idle) explains many a slow run.
+        each = sorted(((v or 0) - (before["workers"].get(pid) or 0)) / wall
+                      for pid, v in after["workers"].items())
         busy = after["machine"][0] - before["machine"][0]
         steal = after["machine"][2] - before["machine"][2]
         return {
@@ -174,17 +178,20 @@ class CpuMeter:
             "machine_busy": busy / wall,
             "machine_steal": steal / wall,
             "server": delta("workers") / wall,
+            "server_each": each,
             "postgres": delta("pg") / wall,
             "clients": delta("clients") / wall,
         }
 
 
-def describe_cpu(cpu: dict[str, float] | None) -> str:
+def describe_cpu(cpu: dict[str, Any] | None) -> str:
     if not cpu:
         return "-"
     steal = f" (steal {cpu['machine_steal']:.2f})" if cpu["machine_steal"] > 0.05 else ""
     text = (f"machine busy {cpu['machine_busy']:.2f} of {os.cpu_count()} cores{steal}; "
             f"server workers {cpu['server']:.2f}")
+    if len(cpu.get("server_each") or ()) > 1:
+        text += f" ({' + '.join(f'{c:.2f}' for c in cpu['server_each'])})"
     if cpu.get("postgres"):
         text += f", postgres {cpu['postgres']:.2f}"
     if cpu.get("clients"):

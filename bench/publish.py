@@ -2,7 +2,7 @@
 """Publishing throughput over HTTP: eventlog (PostgreSQL + Redis) vs Flask-SSE (Redis).
 
 Client processes (8 by default), each with one keep-alive HTTP/1.1 connection
-(``http.client``), POST as fast as the server answers. After a warm-up, events whose
+(a raw socket), POST as fast as the server answers. After a warm-up, events whose
 request completes inside a fixed window are counted.
 
     single  one event per request             eventlog target >= 2,000 events/s

@@ -147,8 +147,7 @@ def errors_of(conns: list[SseConnection]) -> dict[str, int]:
 def publish_one(port: int, path: str, type_: str, data: Any, ok: int) -> tuple[float, bool]:
     """POST one event on a new connection; return when the request started and whether it worked."""
     publisher = Publisher(port)
-    publisher.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    publisher.conn.connect()
+    publisher.connect()
     started = time.monotonic()
     status, _ = publisher.post(path, event_body(type_, data))
     publisher.close()
@@ -509,7 +508,10 @@ def _fanout_one(args: argparse.Namespace, label: str, server: Any, ok: int, tota
     rate = sent / max(1e-9, published["last"] - published["first"]) if published else 0
     summary = (
         f"{n_ready:,} of {args.subscribers:,} subscribed; published {sent:,} of {total:,} "
-        f"({published['errors'] if published else '?'} errors) at {rate:,.0f}/s; "
+        f"({published['errors'] if published else '?'} errors) at {rate:,.0f}/s"
+        + (f" (requests p50 {fmt_ms(published['request_p50'])}, p99 {fmt_ms(published['request_p99'])})"
+           if published else "")
+        + "; "
         f"{received:,} deliveries of {total * args.subscribers:,}; "
         f"{sum(d['closed'] for d in done.values())} connections closed"
         + (f" ({dict(errors)})" if errors else "")
