@@ -22,8 +22,11 @@ DEFAULTS: dict[str, Any] = {
     "HEARTBEAT_SECONDS": 15.0,
     "RETRY_MS": 2000,
     "POLL_SECONDS": 1.0,
+    "FANOUT_SECONDS": 0.05,
     "SUBSCRIBER_BUFFER": 1000,
 }
+# The settings for which 0 means something (the feature is off) rather than a mistake.
+MAY_BE_ZERO = frozenset({"FANOUT_SECONDS"})
 
 
 def read_config(overrides: Mapping[str, Any] | None = None) -> Config:
@@ -53,6 +56,7 @@ class Settings:
     heartbeat_seconds: float
     retry_ms: int
     poll_seconds: float
+    fanout_seconds: float
     subscriber_buffer: int
 
     @classmethod
@@ -80,6 +84,9 @@ def _coerce(key: str, raw: Any, default: Any) -> Any:
         value = kind(raw)
     except (TypeError, ValueError):
         raise ConfigError(f"EVENTLOG_{key} must be a number, got {raw!r}") from None
-    if isinstance(raw, bool) or value <= 0:
+    if key in MAY_BE_ZERO:
+        if isinstance(raw, bool) or value < 0:
+            raise ConfigError(f"EVENTLOG_{key} must be 0 or a positive number, got {raw!r}")
+    elif isinstance(raw, bool) or value <= 0:
         raise ConfigError(f"EVENTLOG_{key} must be a positive number, got {raw!r}")
     return value

@@ -50,6 +50,7 @@ class EventLog:
             self.engine,
             self.notifier,
             poll_seconds=self.settings.poll_seconds,
+            fanout_seconds=self.settings.fanout_seconds,
             heartbeat_seconds=self.settings.heartbeat_seconds,
             buffer=self.settings.subscriber_buffer,
         )

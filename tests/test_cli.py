@@ -61,3 +61,14 @@ def test_bad_setting_names_the_variable(runner: CliRunner, monkeypatch: pytest.M
     result = runner.invoke(main, ["db", "current"])
     assert result.exit_code == 1
     assert "EVENTLOG_MAX_BATCH must be a number" in result.output
+
+
+@pytest.mark.parametrize(("value", "accepted"), [("0", True), ("0.2", True), ("-1", False)])
+def test_fanout_interval_may_be_zero_but_not_negative(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch, value: str, accepted: bool
+) -> None:
+    monkeypatch.setenv("EVENTLOG_FANOUT_SECONDS", value)
+    result = runner.invoke(main, ["db", "current"])
+    assert (result.exit_code == 0) is accepted, result.output
+    if not accepted:
+        assert "EVENTLOG_FANOUT_SECONDS must be 0 or a positive number" in result.output

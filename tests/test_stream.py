@@ -184,3 +184,38 @@ def test_payload_with_line_separators_arrives_intact(eventlog: EventLog, payload
 
     assert json.loads(message.data) == {"text": payload}
     stream.close()
+
+
+def test_busy_hub_fans_out_at_most_once_per_interval(eventlog: EventLog) -> None:
+    """Events arriving within ``fanout_seconds`` of a fan-out reach a subscriber together, in
+    one push (one write); an event after a quiet spell goes out at once."""
+    hub = Hub(eventlog.engine, eventlog.notifier, poll_seconds=5, fanout_seconds=1.0)
+    subscription = hub.subscribe()
+    pushes: list[tuple[float, list[int]]] = []  # when each take returned, and its ids
+
+    def read() -> None:
+        while not pushes or pushes[-1][1] != [-1]:
+            frames, _ = subscription.take()
+            pushes.append((time.monotonic(), [f.id for f in frames] or [-1]))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    first = eventlog.publish("a", 0).id
+    wait_until(lambda: len(pushes) == 1)
+    ids = []
+    for i in range(1, 6):
+        ids.append(eventlog.publish("a", i).id)
+        time.sleep(0.02)  # each is announced on its own; without the interval, each is pushed alone
+    wait_until(lambda: len(pushes) >= 2)
+    time.sleep(1.2)  # quiet for longer than the interval
+    published = time.monotonic()
+    last = eventlog.publish("a", 6).id
+    wait_until(lambda: len(pushes) >= 3)
+    subscription.tick()  # ends the reader: a tick with nothing pushed since reads as []
+    subscription.tick()
+    reader.join(timeout=5)
+    hub.unsubscribe(subscription)
+    hub.stop()
+    assert [taken for _, taken in pushes] == [[first], ids, [last], [-1]]
+    assert pushes[1][0] - pushes[0][0] >= 0.9
+    assert pushes[2][0] - published < 0.8
