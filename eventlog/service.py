@@ -76,6 +76,7 @@ class EventLog:
         """Stop the hub and the notifier's threads and close database connections."""
         self.hub.stop()
         self.notifier.close()
+        self.writer.close()
         self.engine.dispose()
 
 

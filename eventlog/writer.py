@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from .errors import IdempotencyConflict
 from .store import Appended, Publish, append_all, needs_transaction
@@ -43,6 +43,9 @@ class Writer:
     def __init__(self, engine: Engine, announce: Callable[[int, int], None]) -> None:
         self._engine = engine
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Kept between batches: only the leader uses it, one batch at a time, and checking a
+        # connection out of the pool and back cost as much CPU as the statement it runs.
+        self._held: Connection | None = None
         self._announce = announce
         self._lock = threading.Lock()
         self._queue: list[_Ticket] = []
@@ -75,8 +78,7 @@ class Writer:
                 with self._engine.begin() as conn:
                     outcomes = append_all(conn, publishes)
             else:
-                with self._autocommit.connect() as conn:
-                    outcomes = append_all(conn, publishes)
+                outcomes = self._append_autocommit(publishes)
             for ticket, outcome in zip(batch, outcomes, strict=True):
                 ticket.outcome = outcome
             new = [o.events for o in outcomes if isinstance(o, Appended) and not o.replayed]
@@ -96,6 +98,27 @@ class Writer:
             for ticket in batch:
                 ticket.leads = False
                 ticket.ready.set()
+
+    def _append_autocommit(
+        self, publishes: list[Publish]
+    ) -> list[Appended | IdempotencyConflict]:
+        """One statement that commits by itself, on the connection kept for it."""
+        if self._held is None:
+            self._held = self._autocommit.connect()
+        try:
+            return append_all(self._held, publishes)
+        except BaseException:
+            # It may be broken (the database restarted, say): the next batch takes a new one.
+            self._held.invalidate()
+            self._held.close()
+            self._held = None
+            raise
+
+    def close(self) -> None:
+        """Close the kept connection; for shutdown, when nothing is being published."""
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
     def _take(self) -> list[_Ticket]:
         """The queued tickets, oldest first, up to MAX_EVENTS events (at least one)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 import redis
@@ -114,3 +115,22 @@ def test_redis_listener_rings_on_every_announcement(redis_url: str, redis_channe
     wait_until(lambda: 9 in heard)
     stop.set()
     listener.join()
+
+
+def test_announcements_close_together_share_one_publish(redis_url: str, redis_channel: str) -> None:
+    """A PUBLISH costs the publishing process about half what storing its batch does: the
+    announcements made within ``gather_seconds`` of each other go out as one message that
+    covers them all."""
+    subscriber = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
+    subscriber.subscribe(redis_channel)
+    wait_until(lambda: subscriber.get_message(timeout=0.1) is None and subscriber.subscribed)
+    speaker = RedisNotifier(redis_url, redis_channel, gather_seconds=0.1)
+    for event_id in range(1, 21):
+        speaker.announce(event_id, event_id)
+        time.sleep(0.002)  # 20 announcements in about 40 ms: each alone with no gathering
+    messages = []
+    while (message := subscriber.get_message(timeout=0.5)) is not None:
+        messages.append(json.loads(message["data"]))
+    speaker.close()
+    subscriber.close()
+    assert messages == [{"first": 1, "last": 20}]

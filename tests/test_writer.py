@@ -6,10 +6,14 @@ import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import event
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
 
 from eventlog import EventFilter, EventLog, IdempotencyConflict, NewEvent, query
+from eventlog.database import make_engine
 from eventlog.store import Appended, Publish, append_all
+from eventlog.writer import Writer
 
 
 def new_events(tag: str, n: int) -> list[NewEvent]:
@@ -76,3 +80,27 @@ def test_concurrent_retries_through_the_writer_store_once(eventlog: EventLog) ->
         assert set(map(tuple, pool.map(retry, range(8)))) == {(1, 2, 3)}
     with eventlog.engine.connect() as conn:
         assert len(query(conn, EventFilter(), limit=100)) == 3
+
+
+def test_writer_replaces_its_connection_after_the_server_drops_it(postgres_url: str) -> None:
+    """The writer keeps one connection for single-statement batches. When the database ends
+    it (a restart, a failover), the batch on it fails and the next one gets a new connection
+    instead of failing on the dead one forever."""
+    engine = make_engine(postgres_url)
+    announced: list[tuple[int, int]] = []
+    writer = Writer(engine, lambda first, last: announced.append((first, last)))
+    assert writer.append(Publish(new_events("a", 1))).events[0].id == 1
+    with engine.connect() as admin:
+        ended = admin.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+    assert ended >= 1
+    with pytest.raises(OperationalError):
+        writer.append(Publish(new_events("b", 1)))
+    assert writer.append(Publish(new_events("c", 2))).events[-1].id == 3
+    writer.close()
+    engine.dispose()
+    assert announced == [(1, 1), (2, 3)]
