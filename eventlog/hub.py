@@ -36,6 +36,13 @@ from .store import EventFilter, StoredEvent, head, query
 
 log = logging.getLogger(__name__)
 
+# Each push wakes a subscriber's writer. Under gevent every writer of the process runs in its
+# one thread, so a fan-out to thousands would queue all other work (a publish, the database
+# reply the next read waits for) behind all their writes. A pause after each slice lets that
+# work in between. A timer, not sleep(0): gevent may resume a sleep(0) before it polls sockets.
+PUSH_SLICE = 100
+SLICE_PAUSE_SECONDS = 0.0002
+
 
 class Subscription:
     """A local subscriber's bounded buffer of live events, filled by the hub."""
@@ -215,15 +222,16 @@ class Hub:
     def _fan_out(self, events: list[StoredEvent]) -> None:
         # Each event is encoded once here, however many subscribers it goes to.
         frames = [frame(e.id, e.type, e.data) for e in events]
-        # Under the lock, so a subscriber registers either before a batch (and gets it
-        # pushed) or after the cursor moved past it (and its replay reads it from SQL).
+        # Who gets what is settled under the lock, with the cursor's move: a subscriber
+        # registers either before (and is pushed this batch) or after (its position is past
+        # the batch, which is in SQL for its replay).
         with self._lock:
-            per_subscriber: dict[Subscription, list[Frame]] = {}
+            targets: dict[Subscription, list[Frame]] = dict.fromkeys(self._everything, frames)
             for event, encoded in zip(events, frames, strict=True):
                 for subscription in self._by_stream.get(event.stream, ()):
-                    per_subscriber.setdefault(subscription, []).append(encoded)
-            for subscription in self._everything:
-                subscription.push(frames)
-            for subscription, matching in per_subscriber.items():
-                subscription.push(matching)
+                    targets.setdefault(subscription, []).append(encoded)
             self._cursor = events[-1].id
+        for pushed, (subscription, matching) in enumerate(targets.items(), 1):
+            subscription.push(matching)
+            if pushed % PUSH_SLICE == 0:
+                time.sleep(SLICE_PAUSE_SECONDS)

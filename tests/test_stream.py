@@ -11,7 +11,7 @@ import pytest
 from helpers import wait_until
 
 from eventlog import EventLog
-from eventlog.hub import Hub, Subscription
+from eventlog.hub import PUSH_SLICE, Hub, Subscription
 from eventlog.notify import LocalNotifier
 from eventlog.sse import Decoder, Message
 from eventlog.store import head
@@ -219,3 +219,27 @@ def test_busy_hub_fans_out_at_most_once_per_interval(eventlog: EventLog) -> None
     assert [taken for _, taken in pushes] == [[first], ids, [last], [-1]]
     assert pushes[1][0] - pushes[0][0] >= 0.9
     assert pushes[2][0] - published < 0.8
+
+
+def take_until(subscription: Subscription, last_id: int, timeout: float = 10) -> list[int]:
+    """The ids pushed to ``subscription`` up to ``last_id`` (the hub's ticks bound each wait)."""
+    received: list[int] = []
+    deadline = time.monotonic() + timeout
+    while received[-1:] != [last_id] and time.monotonic() < deadline:
+        received.extend(f.id for f in subscription.take()[0])
+    return received
+
+
+def test_fan_out_in_slices_reaches_every_subscriber(eventlog: EventLog) -> None:
+    """The hub pauses between slices of subscribers; every one of them still gets each batch,
+    in order, and one registered after a batch gets only what follows it."""
+    hub = Hub(eventlog.engine, eventlog.notifier, poll_seconds=0.05, heartbeat_seconds=0.1)
+    subscriptions = [hub.subscribe(["a"] if n % 2 else ()) for n in range(2 * PUSH_SLICE + 50)]
+    ids = [eventlog.publish("a", i).id for i in range(3)]
+    wait_until(lambda: hub.cursor == ids[-1])
+    late = hub.subscribe()
+    ids.append(eventlog.publish("a", 3).id)
+    for subscription in subscriptions:
+        assert take_until(subscription, ids[-1]) == ids
+    assert take_until(late, ids[-1]) == ids[-1:]
+    hub.stop()
