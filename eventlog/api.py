@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from importlib.resources import files
 from typing import Any
 from urllib.parse import urlencode
@@ -76,12 +77,13 @@ def all_events() -> Response:
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    """Liveness: the process answers. Also reports this process's live subscribers and how
-    many events wait in their buffers."""
+    """Liveness: the process answers. Also reports which worker process answered, its live
+    subscribers and how many events wait in their buffers."""
     subscriptions = current_eventlog().hub.subscriptions()
     return _json(
         {
             "status": "ok",
+            "pid": os.getpid(),
             "subscribers": len(subscriptions),
             "buffered_events": sum(s.pending for s in subscriptions),
         }

@@ -63,14 +63,18 @@ def serve(host: str, port: int, workers: int, connections: int, migrate: bool) -
             " by polling, about once a second",
             err=True,
         )
+    from .server import check_port_free, serve as run_server
+
+    try:
+        check_port_free(host, port)
+    except OSError as error:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror}") from None
     if migrate:
         # In a child process, so that this one never imports the database driver: psycopg
         # picks its wait function when imported, and one picked before gevent patches the
         # forked workers would block a whole worker on every query.
         # -P: import eventlog as installed, not a source checkout that happens to be the cwd.
         subprocess.run([sys.executable, "-P", "-m", "eventlog", "db", "upgrade"], check=True)
-    from .server import serve as run_server
-
     run_server(host, port, workers, connections)
 
 

@@ -4,6 +4,7 @@ greenlet (a few kilobytes), not a thread."""
 from __future__ import annotations
 
 import resource
+import socket
 import warnings
 from typing import Any
 
@@ -47,8 +48,22 @@ def serve(host: str, port: int, workers: int, connections: int) -> None:
             "keepalive": 5,
             # Several servers may run on one host; gunicorn's control socket path would clash.
             "control_socket_disable": True,
+            # Each worker listens on a socket of its own and the kernel spreads connections
+            # evenly among them. On one shared socket, whichever worker woke first took the
+            # connection: 687 of 1,000 subscribers landed on one of two workers.
+            "reuse_port": workers > 1,
         }
     ).run()
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise OSError if something already listens on ``host:port``.
+
+    Workers that bind with SO_REUSEPORT would not be refused by another server doing the same,
+    and the two would silently split the connections; this bind, without it, is refused.
+    """
+    with socket.create_server((host, port)):
+        pass
 
 
 def _raise_open_file_limit(wanted: int) -> None:

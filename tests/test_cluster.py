@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import random
+import resource
+import socket
 import statistics
 import threading
 import time
@@ -278,6 +280,18 @@ def subscriber_counts(base: str, samples: int) -> set[int]:
     return counts
 
 
+def subscribers_by_worker(base: str, workers: int) -> dict[int, int]:
+    """Each worker's ``/healthz`` subscriber count, by pid, asked on fresh connections."""
+    shares: dict[int, int] = {}
+    for _ in range(64):
+        with httpx.Client(timeout=5) as client:  # a new connection, so any worker may answer
+            health = client.get(f"{base}/healthz").json()
+        shares[health["pid"]] = health["subscribers"]
+        if len(shares) == workers:
+            break
+    return shares
+
+
 def wait_for_hubs(redis_url: str, channel: str, count: int, timeout: float) -> None:
     """Wait until ``count`` connections (one per live hub) are subscribed to ``channel``."""
     seen: list[int] = []
@@ -371,9 +385,9 @@ def test_workers_of_one_server_share_events_through_redis(
     )
     subscribers: list[Subscriber] = []
     try:
-        # The kernel hands each connection to whichever worker accepts first, so keep adding
-        # subscribers until /healthz (answered by either worker) shows both have some: with
-        # two workers, a count strictly between 0 and the total means the rest are on the other.
+        # The kernel spreads connections over the workers by a hash of their addresses, so keep
+        # adding subscribers until /healthz (answered by either worker) shows both have some:
+        # with two workers, a count strictly between 0 and the total means the rest are on the other.
         counts: set[int] = set()
         while not any(0 < count < len(subscribers) for count in counts):
             if len(subscribers) >= 24:
@@ -397,6 +411,40 @@ def test_workers_of_one_server_share_events_through_redis(
             assert_exactly_once(subscriber, expected)
     finally:
         close_all(subscribers)
+
+
+def test_workers_of_one_server_get_even_shares_of_the_connections(
+    postgres_url: str, redis_url: str, redis_channel: str, start_server: StartServer
+) -> None:
+    """Each worker listens on a socket of its own (SO_REUSEPORT) and the kernel spreads the
+    connections over them: 1,000 streams opened at once split about evenly. On one shared
+    socket the worker that woke first took each connection, and some runs of this test split
+    329/671 or 398/602 (others were even: this test catches that only some of the time)."""
+    server = start_server(postgres_url, redis_url, args=["--workers", "2"], REDIS_CHANNEL=redis_channel)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+    streams: list[socket.socket] = []
+    try:
+        # All at once, as when many clients come back together after a network blip.
+        for _ in range(1000):
+            stream = socket.socket()
+            stream.setblocking(False)
+            stream.connect_ex(("127.0.0.1", server.port))
+            streams.append(stream)
+        for stream in streams:
+            stream.settimeout(10)
+            stream.sendall(b"GET /streams/even/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        for stream in streams:
+            received = b""
+            while b"retry:" not in received:  # sent once the worker's hub has registered it
+                received += stream.recv(4096)
+        shares = subscribers_by_worker(server.url, workers=2)
+        assert sum(shares.values()) == 1000
+        assert all(400 <= share <= 600 for share in shares.values()), shares
+    finally:
+        for stream in streams:
+            stream.close()
 
 
 def test_churning_subscribers_get_every_event_exactly_once_across_two_processes(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Server, empty_postgres, server_env, url_of
+from conftest import EVENTLOG_BIN, Server, empty_postgres, server_env, url_of
 from helpers import Listener, free_port, publish, wait_until
 from sqlalchemy import Engine, text
 
@@ -113,6 +114,18 @@ def test_closed_client_frees_its_subscription_within_a_heartbeat(server: Server)
     closed = time.monotonic()
     wait_until(lambda: subscribers(server) == 0, timeout=5)
     assert time.monotonic() - closed < 1 + 1.5  # the heartbeat is 1 s here
+
+
+def test_second_server_on_a_taken_port_refuses_to_start(server: Server) -> None:
+    """Workers bind with SO_REUSEPORT, which would let a second server share the port and
+    split the connections silently; it must stop with a clear message instead."""
+    second = subprocess.run(
+        [str(EVENTLOG_BIN), "serve", "--port", str(server.port), "--workers", "2", "--no-migrate"],
+        env=server.env, capture_output=True, text=True, timeout=60,
+    )
+    assert second.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{server.port}: Address already in use" in second.stderr
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
 
 
 def test_readyz_reports_the_database(server: Server) -> None:
