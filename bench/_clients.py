@@ -215,7 +215,7 @@ class SseConnection(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # or EpollClients' socket wrapper
+        self.transport = transport  # type: ignore[assignment]
         self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
@@ -376,101 +376,3 @@ def paced_publisher(port: int, path: str, type_: str, total: int, rate: float, t
     results.put((tag, 0, {"sent": total - errors[0], "errors": errors[0], "first": first,
                        "last": time.monotonic(), "late_max": late[0],
                        "request_p50": percentile(durations, 50), "request_p99": percentile(durations, 99)}))
-
-
-# --- a lean epoll loop (for the fan-out bench, where the clients read a million frames) ----------
-
-class _SocketTransport:
-    """The two transport calls ``SseConnection`` makes, over a plain socket."""
-
-    def __init__(self, sock: Any) -> None:
-        self.sock = sock
-        self.open = True
-
-    def write(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def close(self) -> None:
-        self.open = False
-
-    abort = close
-
-
-# Per read: a 256 KiB buffer cost 12 us more per recv than a 64 KiB one here (Python allocates
-# the whole buffer, then shrinks it), which the fan-out clients paid some 16,000 times a second.
-READ_SIZE = 65536
-
-
-class EpollClients:
-    """SseConnections on non-blocking sockets and one epoll: a few Python calls per read,
-    about half of what an asyncio event loop spends (asyncio's callbacks cost more than the
-    parsing when each read brings one small frame)."""
-
-    def __init__(self, port: int) -> None:
-        import select
-
-        self.port = port
-        self.epoll = select.epoll()
-        self.by_fd: dict[int, tuple[Any, SseConnection]] = {}
-        self.conns: list[SseConnection] = []
-        self.reads = 0
-
-    def open(self, protocol: SseConnection, timeout: float = 10.0) -> bool:
-        import select
-        import socket
-
-        self.conns.append(protocol)
-        try:
-            sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
-        except OSError as error:
-            protocol.error = f"connect: {type(error).__name__}: {error}"
-            protocol.closed = True
-            return False
-        transport = _SocketTransport(sock)
-        protocol.connection_made(transport)  # type: ignore[arg-type]  # sends the request
-        sock.setblocking(False)
-        self.epoll.register(sock.fileno(), select.EPOLLIN)
-        self.by_fd[sock.fileno()] = (sock, protocol)
-        return True
-
-    def run(self, done: Any, timeout: float, check_every: float = 0.1) -> bool:
-        """Read until ``done()`` (checked every ``check_every`` s) or ``timeout``."""
-        deadline = time.monotonic() + timeout
-        next_check = 0.0
-        poll, by_fd = self.epoll.poll, self.by_fd
-        while True:
-            now = time.monotonic()
-            if now >= next_check:
-                if done():
-                    return True
-                if now >= deadline:
-                    return False
-                next_check = now + check_every
-            for fd, _events in poll(check_every):
-                sock, protocol = by_fd[fd]
-                try:
-                    data = sock.recv(READ_SIZE)
-                except BlockingIOError:
-                    continue
-                except OSError as error:
-                    self._lost(fd, error)
-                    continue
-                if not data:
-                    self._lost(fd, None)
-                    continue
-                self.reads += 1
-                protocol.data_received(data)
-                if not protocol.transport.open:  # type: ignore[union-attr]
-                    self._lost(fd, None)
-
-    def _lost(self, fd: int, error: Exception | None) -> None:
-        sock, protocol = self.by_fd.pop(fd)
-        self.epoll.unregister(fd)
-        sock.close()
-        protocol.connection_lost(error)
-
-    def close(self) -> None:
-        for fd in list(self.by_fd):
-            sock, _ = self.by_fd.pop(fd)
-            sock.close()
-        self.epoll.close()

@@ -12,7 +12,9 @@
                missing and duplicate deliveries
     all        the four above, one after the other
 
-Subscribers are raw HTTP/1.1 sockets driven by asyncio in separate client processes.
+Subscribers are raw HTTP/1.1 sockets in separate client processes: asyncio for idle and
+reconnect, one blocking socket for replay, and for fanout a small C program
+(``fanout_client.c``, compiled with ``cc`` when the bench starts).
 eventlog runs on a fresh PostgreSQL database with Redis notifications; Flask-SSE is the
 minimal app from its docs (``flask_sse_app.py``). Both use gunicorn gevent workers: 1 for
 ``idle`` (one process), 2 otherwise. Servers are measured one at a time, never together.
@@ -25,14 +27,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
 import itertools
 import json
 import multiprocessing as mp
+import os
 import queue
 import random
-import re
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from array import array
@@ -41,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 from _clients import (
-    EpollClients,
     Publisher,
     SseConnection,
     connect,
@@ -352,68 +355,70 @@ def _idle_one(args: argparse.Namespace, label: str, server: Any, ok: int, redis_
 
 # --- (b) fanout ---------------------------------------------------------------------------------
 
-# Both servers write an event's data as JSON; the publisher's data is {"seq": n, "t": time}.
-TICK = re.compile(rb'"seq":\s*(\d+),\s*"t":\s*([-+0-9.eE]+)')
+NATIVE_CLIENT = Path(__file__).with_name("fanout_client.c")
 
 
-class FanoutConnection(SseConnection):
-    """Counts ticks and their latency. A million frames go through here, so instead of a full
-    SSE parse it cuts the body at frame ends and picks ``seq`` and ``t`` out with one regex
-    (only tick events carry them)."""
-
-    def __init__(self, request: bytes, total: int) -> None:
-        super().__init__(request)
-        self.seen = bytearray(total)
-        self.unique = self.dupes = 0
-        self.pinged = False
-        self.latencies = array("d")
-        self._rest = b""
-
-    def on_body(self, data: bytes, now: float) -> None:
-        buf = self._rest + data if self._rest else data
-        end = buf.rfind(b"\n\n")
-        if end < 0:
-            self._rest = buf
-            return
-        self._rest, block = buf[end + 2:], buf[:end]
-        if not self.pinged and b"ping" in block:
-            self.pinged = True
-        seen, latencies = self.seen, self.latencies
-        for match in TICK.finditer(block):
-            seq = int(match[1])
-            if seen[seq]:
-                self.dupes += 1
-            else:
-                seen[seq] = 1
-                self.unique += 1
-                latencies.append(now - float(match[2]))
+def build_native_client(directory: Path) -> Path:
+    """Compile ``fanout_client.c`` (the fan-out bench's subscribers) into ``directory``."""
+    binary = directory / "fanout_client"
+    command = [os.environ.get("CC", "cc"), "-O2", "-o", str(binary), str(NATIVE_CLIENT)]
+    try:
+        subprocess.run(command, check=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        sys.exit(f"the fan-out bench needs a C compiler for its subscribers ({' '.join(command)}): {error}")
+    return binary
 
 
-def fanout_client(index: int, count: int, port: int, path: str, total: int, ready_on_ping: bool,
-                  settle: float, hard_timeout: float, inbox: Any, stop: Any) -> None:
-    raise_nofile()
-    request = sse_request(path, port)
-    clients = EpollClients(port)
-    conns = [FanoutConnection(request, total) for _ in range(count)]
-    for conn in conns:
-        clients.open(conn)
+class NativeFanoutClient:
+    """One ``fanout_client`` process: it holds ``count`` subscribers and reports on the inbox
+    like the Python client processes do. It has the part of ``multiprocessing.Process``'s API
+    that ``join_clients`` uses."""
 
-    def ready(c: FanoutConnection) -> bool:
-        return c.closed or (c.pinged if ready_on_ping else c.first_bytes_at is not None)
+    def __init__(self, binary: Path, index: int, count: int, port: int, path: str, total: int,
+                 ready_on_ping: bool, settle: float, timeout: float, inbox: Any) -> None:
+        self._latency_file = Path(tempfile.mkstemp(prefix="fanout-latencies-")[1])
+        self._process = subprocess.Popen(
+            [str(binary), str(port), path, str(count), str(total), "1" if ready_on_ping else "0",
+             str(settle), str(timeout), str(self._latency_file)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.pid = self._process.pid
+        threading.Thread(target=self._relay, args=(index, inbox), daemon=True).start()
 
-    clients.run(lambda: all(ready(c) for c in conns), settle)
-    inbox.put(("ready", index, sum(ready(c) and not c.closed for c in conns)))
-    clients.reads = 0
-    clients.run(lambda: stop.is_set() or all(c.unique >= total or c.closed for c in conns), hard_timeout)
-    latencies = array("d")
-    for c in conns:
-        latencies.extend(c.latencies)
-    inbox.put(("done", index, {
-        "received": sum(c.unique for c in conns), "dupes": sum(c.dupes for c in conns),
-        "closed": sum(c.closed for c in conns), "latencies": latencies.tobytes(),
-        "errors": errors_of(conns), "reads": clients.reads,
-    }))
-    clients.close()
+    def _relay(self, index: int, inbox: Any) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            kind, *numbers = line.split()
+            if kind == "ready":
+                inbox.put(("ready", index, int(numbers[0])))
+            elif kind == "done":
+                received, dupes, closed, reads, errors = map(int, numbers)
+                inbox.put(("done", index, {
+                    "received": received, "dupes": dupes, "closed": closed, "reads": reads,
+                    "latencies": self._latency_file.read_bytes(),
+                    "errors": {"connect or HTTP": errors} if errors else {},
+                }))
+        self._latency_file.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        """Ask it to report what it has now (it stops at the end of its stdin)."""
+        if self._process.stdin is not None and not self._process.stdin.closed:
+            self._process.stdin.close()
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def is_alive(self) -> bool:
+        return self._process.poll() is None
+
+    def terminate(self) -> None:
+        self._process.terminate()
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._process.returncode
 
 
 def bench_fanout(args: argparse.Namespace) -> list[list[str]]:
@@ -422,10 +427,11 @@ def bench_fanout(args: argparse.Namespace) -> list[list[str]]:
     print(f"\n[fanout] {args.subscribers:,} subscribers of one stream ({args.clients} client processes), "
           f"{total:,} events at {args.rate:g}/s ({args.publishers} keep-alive publisher connections); "
           f"2 gevent workers per server", flush=True)
-    with fresh_database(args.keep_db) as database_url:
+    with tempfile.TemporaryDirectory() as build, fresh_database(args.keep_db) as database_url:
+        client = build_native_client(Path(build))
         results = run_each(
             servers(args, database_url, 2, args.redis_url, run, "fanout"),
-            lambda label, server, ok: _fanout_one(args, label, server, ok, total, database_url),
+            lambda label, server, ok: _fanout_one(args, label, server, ok, total, database_url, client),
         )
     ours, theirs = results.get("eventlog", {}), results.get("Flask-SSE", {})
     expected = total * args.subscribers
@@ -466,14 +472,14 @@ def wait_ready(inbox: Inbox, clients: int, server: Any, is_flask_sse: bool, ok: 
 
 
 def _fanout_one(args: argparse.Namespace, label: str, server: Any, ok: int, total: int,
-                database_url: str) -> dict[str, Any]:
+                database_url: str, client: Path) -> dict[str, Any]:
     inbox = Inbox()
-    stop = SPAWN.Event()
     per_client = split(args.subscribers, args.clients)
     is_flask_sse = label != "eventlog"
-    procs = start_clients(fanout_client, per_client, server.port, server.stream_path(STREAM), total,
-                          is_flask_sse, args.settle, total / args.rate + args.grace + args.settle + 120,
-                          inbox.queue, stop)
+    procs = [NativeFanoutClient(client, i, n, server.port, server.stream_path(STREAM),
+                                total, is_flask_sse, args.settle,
+                                total / args.rate + args.grace + args.settle + 120, inbox.queue)
+             for i, n in enumerate(per_client)]
     publisher = None
     try:
         ready = wait_ready(inbox, len(procs), server, is_flask_sse, ok, args.settle)
@@ -491,10 +497,12 @@ def _fanout_one(args: argparse.Namespace, label: str, server: Any, ok: int, tota
         # Let deliveries drain (CPU is counted until every subscriber has all, or the grace ends).
         done = inbox.collect("done", len(procs), args.grace)
         cpu = meter.stop()
-        stop.set()
+        for proc in procs:
+            proc.stop()
         done.update(inbox.collect("done", len(procs) - len(done), 30))
     finally:
-        stop.set()
+        for proc in procs:
+            proc.stop()
         join_clients(procs if publisher is None else [*procs, publisher])
     latencies = array("d")
     for d in done.values():
