@@ -63,7 +63,8 @@ def serve(host: str, port: int, workers: int, connections: int, migrate: bool) -
             " by polling, about once a second",
             err=True,
         )
-    from .server import check_port_free, serve as run_server
+    from .server import check_port_free
+    from .server import serve as run_server
 
     try:
         check_port_free(host, port)

@@ -121,8 +121,7 @@ class Decoder:
         if line.startswith(":"):
             return None
         name, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
+        value = value.removeprefix(" ")  # one space only, as the spec says
         if name == "data":
             self._data.append(value)
         elif name == "event":

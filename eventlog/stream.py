@@ -71,7 +71,8 @@ def event_stream(
         replay = cursor < position
         while True:
             if replay:
-                for chunk, cursor in _replay(engine, tuple(streams), cursor, page_size):
+                pages = _replay(engine, tuple(streams), cursor, page_size)
+                for chunk, cursor in pages:  # the cursor advances page by page
                     yield chunk
             while True:
                 frames, overflowed = subscription.take()

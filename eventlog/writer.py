@@ -26,7 +26,7 @@ MAX_EVENTS = 10_000  # per shared transaction, to keep the counter's lock hold s
 class _Ticket:
     """One caller's place in the queue, and then its outcome."""
 
-    __slots__ = ("publish", "leads", "ready", "outcome", "error")
+    __slots__ = ("error", "leads", "outcome", "publish", "ready")
 
     def __init__(self, publish: Publish) -> None:
         self.publish = publish
