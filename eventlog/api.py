@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+from collections.abc import Callable
 from importlib.resources import files
 from typing import Any
 from urllib.parse import urlencode
@@ -143,17 +145,41 @@ def _live(streams: list[str], extra: set[str]) -> Response:
     except ValueError as error:
         raise InvalidRequest(f"bad resume point: {error}") from None
     eventlog = current_eventlog()
+    client = request.environ.get("gunicorn.socket")  # eventlog serve's; other servers: None
     body = event_stream(
         eventlog.engine,
         eventlog.hub,
         streams,
         resume_after,
         retry_ms=eventlog.settings.retry_ms,
+        client_gone=None if client is None else _closed_by_peer(client),
     )
     response = Response(body, mimetype=EVENT_STREAM)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     return response
+
+
+def _closed_by_peer(client: socket.socket) -> Callable[[], bool]:
+    """Whether the client has closed its end of ``client``, asked without waiting.
+
+    An SSE client sends nothing after its request, so a socket that reads as ended (or reset)
+    belongs to a client that is gone; anything else, data included, counts as still there.
+    """
+
+    def gone() -> bool:
+        timeout = client.gettimeout()
+        client.settimeout(0)  # a gevent socket would otherwise park this greenlet until data
+        try:
+            return client.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            client.settimeout(timeout)
+
+    return gone
 
 
 def _audit_page(params: list[tuple[str, str]]) -> Response:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -40,6 +40,7 @@ def event_stream(
     *,
     retry_ms: int,
     page_size: int = 1000,
+    client_gone: Callable[[], bool] | None = None,
 ) -> Iterator[bytes]:
     """Yield SSE bytes for events of ``streams`` (all if empty) with id > ``resume_after``.
 
@@ -47,6 +48,10 @@ def event_stream(
     point beyond the head gets a ``reset`` event naming both, then continues from the head. If the
     database fails, the stream ends (after ``retry:``, if nothing was sent yet): the client
     comes back and resumes, where an error status would make EventSource give up for good.
+
+    ``client_gone``, when the server can tell, says whether the client closed its end; it is
+    asked at each heartbeat tick, so a closed idle stream ends at the first tick after the
+    close. Otherwise only a failed write ends it, and TCP accepts the first write after a close.
     """
     subscription: Subscription | None = None
     started = False
@@ -78,8 +83,10 @@ def event_stream(
                 frames, overflowed = subscription.take()
                 if overflowed:
                     break  # dropped events: replay them from SQL, then carry on live
-                if not frames:
-                    yield HEARTBEAT  # the hub's tick: idle for a heartbeat interval
+                if not frames:  # the hub's tick: idle for a heartbeat interval
+                    if client_gone is not None and client_gone():
+                        return
+                    yield HEARTBEAT
                     continue
                 fresh = [f for f in frames if f.id > cursor]
                 if fresh:

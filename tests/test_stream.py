@@ -243,3 +243,15 @@ def test_fan_out_in_slices_reaches_every_subscriber(eventlog: EventLog) -> None:
         assert take_until(subscription, ids[-1]) == ids
     assert take_until(late, ids[-1]) == ids[-1:]
     hub.stop()
+
+
+def test_stream_ends_at_a_tick_once_the_client_is_gone(eventlog: EventLog) -> None:
+    hub = Hub(eventlog.engine, LocalNotifier(), heartbeat_seconds=0.1)
+    gone = threading.Event()
+    stream = event_stream(eventlog.engine, hub, [], None, retry_ms=100, client_gone=gone.is_set)
+    next(stream)
+    assert next(stream) == b": heartbeat\n\n"  # still there: the tick sends a heartbeat
+    gone.set()
+    assert list(stream) == []  # the next tick ends the stream instead
+    assert hub.subscriptions() == set()
+    hub.stop()
