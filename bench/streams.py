@@ -578,7 +578,7 @@ def replay_client(port: int, path: str, last_event_id: int, expected: int, timeo
             now = time.monotonic()
             if first is None:
                 first = now
-            for event_id, event, _data in frames:
+            for event_id, _event, _data in frames:
                 count += 1
                 if event_id and int(event_id) == expect:
                     in_order += 1

@@ -14,6 +14,7 @@ from .config import ConfigError, Settings, read_config
 from .errors import EventlogError
 from .query import MAX_LIMIT, parse_audit_query
 from .service import EventLog
+from .sse import DEFAULT_TYPE
 from .store import query as query_events
 
 
@@ -107,7 +108,7 @@ def current() -> None:
 @main.command()
 @click.argument("stream")
 @click.argument("data")
-@click.option("--type", "type_", default="message", help="The event's type.")
+@click.option("--type", "type_", default=DEFAULT_TYPE, help="The event's type.")
 def publish(stream: str, data: str, type_: str) -> None:
     """Publish one event to STREAM; DATA is JSON (e.g. '{"id": 7}'). Prints the stored event."""
     try:

@@ -271,15 +271,6 @@ def close_all(subscribers: Sequence[Subscriber]) -> None:
 # --- processes and waits --------------------------------------------------------------------
 
 
-def subscriber_counts(base: str, samples: int) -> set[int]:
-    """The ``/healthz`` subscriber counts seen on fresh connections (each worker has its own)."""
-    counts = set()
-    for _ in range(samples):
-        with httpx.Client(timeout=5) as client:  # a new connection, so any worker may answer
-            counts.add(int(client.get(f"{base}/healthz").json()["subscribers"]))
-    return counts
-
-
 def subscribers_by_worker(base: str, workers: int) -> dict[int, int]:
     """Each worker's ``/healthz`` subscriber count, by pid, asked on fresh connections."""
     shares: dict[int, int] = {}
@@ -398,7 +389,7 @@ def test_workers_of_one_server_share_events_through_redis(
                 subscribers.append(Subscriber(f"s{index}", path, always(server.url)))
             # A 200 arrives with the first bytes, sent once the hub has registered the stream.
             wait_until(lambda: all(s.servers for s in subscribers))
-            counts = subscriber_counts(server.url, 16)
+            counts = set(subscribers_by_worker(server.url, workers=2).values())
         published: list[Event] = []
         # A fresh connection per POST, so the POSTs too spread over both workers.
         with httpx.Client(timeout=10, headers={"Connection": "close"}) as client:
