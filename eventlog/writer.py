@@ -51,7 +51,7 @@ class Writer:
         self._queue: list[_Ticket] = []
         self._busy = False
 
-    def append(self, publish: Publish) -> Appended:
+    def write(self, publish: Publish) -> Appended:
         """Store one publish and return its result once committed (blocks until then)."""
         ticket = _Ticket(publish)
         with self._lock:
