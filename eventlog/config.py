@@ -47,6 +47,9 @@ class Settings:
     subscriber_buffer: int = 1000
     subscriber_buffer_bytes: int = 8 * 1024 * 1024
     page_bytes: int = 8 * 1024 * 1024
+    retain_seconds: float = _setting(0.0, zero=True)
+    retain_events: int = _setting(0, zero=True)
+    prune_seconds: float = 60.0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:

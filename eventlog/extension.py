@@ -28,8 +28,9 @@ from .errors import IdempotencyConflict
 from .events import EventFilter, NewEvent, StoredEvent
 from .hub import Hub
 from .notify import LocalNotifier, Notifier, RedisNotifier
+from .retention import Policy, Pruner, count, prune
 from .sse import DEFAULT_TYPE
-from .store import Appended, Page, Publish, append_all, pages, read_page
+from .store import Appended, Page, Publish, append_all, count_events, pages, read_page, snapshot
 from .stream import event_stream
 from .transaction import announce_after_commit
 from .validation import parse_events
@@ -63,8 +64,12 @@ class _State:
             page_bytes=settings.page_bytes,
         )
         self.writer = Writer(self.engine, self.notifier.announce)
+        self.policy = Policy(settings.retain_seconds, settings.retain_events)
+        self.pruner = Pruner(self.engine, self.policy, interval=settings.prune_seconds)
+        self.pruner.start()
 
     def close(self) -> None:
+        self.pruner.stop()
         self.hub.stop()
         self.notifier.close()
         self.writer.close()
@@ -173,12 +178,22 @@ class EventLog:
 
     def page(self, where: EventFilter, *, limit: int, newest_first: bool = False) -> Page:
         """One page of the audit query (at most ``limit`` events, and about
-        ``EVENTLOG_PAGE_BYTES`` of data)."""
+        ``EVENTLOG_PAGE_BYTES`` of data), with what was pruned in its range."""
         state = self._state()
-        with state.engine.connect() as conn:
+        with snapshot(state.engine) as conn:
             return read_page(
-                conn, where, limit=limit, newest_first=newest_first, max_bytes=state.settings.page_bytes
+                conn,
+                where,
+                limit=limit,
+                newest_first=newest_first,
+                max_bytes=state.settings.page_bytes,
+                with_pruned=True,
             )
+
+    def count(self, where: EventFilter) -> int:
+        """How many events match ``where`` (one COUNT: an export's progress total)."""
+        with self._state().engine.connect() as conn:
+            return count_events(conn, where)
 
     def events(self, where: EventFilter, *, newest_first: bool = False) -> Iterator[StoredEvent]:
         """Every event matching ``where``, read page by page (for exports and the CLI)."""
@@ -186,7 +201,7 @@ class EventLog:
         for page in pages(
             state.engine, where, size=1000, newest_first=newest_first, max_bytes=state.settings.page_bytes
         ):
-            yield from page
+            yield from page.events
 
     def stream(
         self,
@@ -222,6 +237,23 @@ class EventLog:
         if isinstance(state.notifier, RedisNotifier):
             checks["redis"] = "ok" if state.notifier.ping() else "unreachable"
         return checks
+
+    # --- retention -------------------------------------------------------------------------
+
+    @property
+    def retention(self) -> Policy:
+        """What the log keeps (``EVENTLOG_RETAIN_SECONDS``, ``EVENTLOG_RETAIN_EVENTS``)."""
+        return self._state().policy
+
+    def prune(
+        self, *, dry_run: bool = False, on_batch: Callable[[int], object] | None = None
+    ) -> int | None:
+        """Delete now what retention no longer keeps, and return how many events (with
+        ``dry_run``, count them instead); None when another process is pruning."""
+        state = self._state()
+        if dry_run:
+            return count(state.engine, state.policy)
+        return prune(state.engine, state.policy, on_batch=on_batch)
 
     # --- schema ------------------------------------------------------------------------------
 

@@ -93,6 +93,13 @@ class Subscription:
             self._heard = True
             self._ready.set()
 
+    def drop(self) -> None:
+        """Drop the buffer and flag an overflow: the reader catches up from SQL."""
+        with self._lock:
+            self._frames, self._bytes = [], 0
+            self._overflowed = True
+            self._ready.set()
+
     def tick(self) -> None:
         """The hub's heartbeat tick: wake the reader if nothing was pushed since the last one."""
         with self._lock:
@@ -250,7 +257,7 @@ class Hub:
         where = EventFilter(after=self._cursor)
         for page in pages(self._engine, where, size=self._page_size, max_bytes=self._page_bytes):
             self._fanned_out_at = time.monotonic()
-            self._fan_out(page)
+            self._fan_out(page.events)
             if self._stop.is_set():
                 return
 
@@ -267,6 +274,12 @@ class Hub:
         # registers either before (and is pushed this batch) or after (its position is past
         # the batch, which is in SQL for its replay).
         with self._lock:
+            if events[-1].id - self._cursor != len(events):
+                # Ids have no gaps, so these were pruned before this read (a tiny
+                # EVENTLOG_RETAIN_EVENTS): every subscriber catches up from SQL, which
+                # tells it whether its streams lost events it had not read.
+                for subscription in self._everything.union(*self._by_stream.values()):
+                    subscription.drop()
             targets: dict[Subscription, list[Frame]] = {
                 s: [f for _, f in framed(s.envelope)] for s in self._everything
             }

@@ -85,7 +85,7 @@ def url_of(engine: Engine) -> str:
 
 def empty_postgres(engine: Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE events, idempotency_keys"))
+        conn.execute(text("TRUNCATE events, idempotency_keys, pruned_streams"))
         conn.execute(text("UPDATE event_counter SET last_id = 0"))
 
 

@@ -128,7 +128,7 @@ def test_resume_point_beyond_head_gets_a_reset_event_then_live(eventlog: EventLo
     stream = event_stream(eventlog.engine, eventlog.hub, [], 99, retry_ms=100)
     next(stream)
     reset = read_until(stream, 1)
-    assert reset == [Message('{"requested": 99, "head": 1}', "reset", "1")]
+    assert reset == [Message('{"requested": 99, "oldest": 1, "head": 1}', "reset", "1")]
     eventlog.publish("a", 2)
     assert [m.data for m in read_until(stream, 2)] == ["2"]
     stream.close()
