@@ -205,7 +205,13 @@ def _delete_batch(conn: Connection, step: _Pass, after: int) -> tuple[list[int],
             for row in rows:
                 highest[row.stream] = max(row.id, highest.get(row.stream, 0))
             _raise_bounds(conn, highest)
-            conn.execute(delete(IdempotencyKey).where(IdempotencyKey.first_id.in_(ids)))
+            # The keys whose first event is gone: a range on their index, not 5,000 parameters.
+            conn.execute(
+                delete(IdempotencyKey).where(
+                    IdempotencyKey.first_id.between(min(ids), max(ids)),
+                    ~select(Event.id).where(Event.id == IdempotencyKey.first_id).exists(),
+                )
+            )
     if not step.by_range and len(ids) == BATCH:
         following = max(ids)
     return ids, following
