@@ -5,8 +5,8 @@ An event goes when it is older than the age limit, or when its stream holds at l
 count limit of newer events. Two passes find them: the age pass walks ids from the oldest up
 to the first event that is young enough (found on the time index), the count pass walks each
 stream up to its newest event beyond the count. Both delete at most ``BATCH`` ids per
-statement, each batch its own short transaction, with a pause between batches, so publishers,
-the hubs and replays keep their pace however much there is to delete.
+statement, each batch its own short transaction, then pause as long as the batch took, so
+publishers, the hubs and replays keep their pace however much there is to delete.
 
 Each batch, in its transaction, also raises ``pruned_streams`` to the highest id it deleted
 of each stream and deletes the idempotency keys whose first event it deleted: a key lives as
@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,8 +39,8 @@ from .models import Event, IdempotencyKey, PrunedStream
 
 log = logging.getLogger(__name__)
 
-BATCH = 5000  # ids per DELETE: a few milliseconds of locks and WAL per transaction
-PAUSE_SECONDS = 0.01  # between batches, so other transactions get the database in between
+BATCH = 5000  # ids per DELETE: a short transaction, a bounded amount of WAL
+PAUSE_SECONDS = 0.01  # the least pause between batches (it is as long as the batch took)
 LOCK_KEY = 0x6576656E746C6F67  # "eventlog" in ASCII: the advisory lock's key
 
 # Every distinct stream, one index probe each (a skip scan, which neither database plans by
@@ -115,11 +116,15 @@ def prune(
         for step in _passes(conn, policy):
             after: int | None = step.after
             while after is not None and not stop.is_set():
+                began = time.monotonic()
                 ids, after = _delete_batch(conn, step, after)
                 deleted += len(ids)
                 if on_batch is not None and ids:
                     on_batch(len(ids))
-                stop.wait(PAUSE_SECONDS)
+                # As long as the batch took: the database spends at most half its time on
+                # a prune, whatever the load; a busy machine gets a slower prune, not
+                # slower publishing.
+                stop.wait(max(PAUSE_SECONDS, time.monotonic() - began))
         return deleted
 
 

@@ -378,7 +378,7 @@ def _conditions(where: EventFilter) -> list[ColumnElement[bool]]:
 
 
 def _claim_key(
-    conn: Connection, key: str, fingerprint: str, now: datetime
+    conn: Connection, key: str, fingerprint: str, now: datetime, *, retry: bool = True
 ) -> Appended | IdempotencyConflict | None:
     """Record ``key`` for this publish (None), or return the earlier publish made with it,
     or the conflict when that one stored other events.
@@ -400,11 +400,14 @@ def _claim_key(
     if earlier.fingerprint != fingerprint:
         return _conflict()
     assert earlier.first_id is not None and earlier.last_id is not None
+    expected = earlier.last_id - earlier.first_id + 1
     events = read_page(
-        conn,
-        EventFilter(after=earlier.first_id - 1, before=earlier.last_id + 1),
-        limit=earlier.last_id - earlier.first_id + 1,
+        conn, EventFilter(after=earlier.first_id - 1, before=earlier.last_id + 1), limit=expected
     ).events
+    if len(events) < expected and retry:
+        # A prune deleted them (and the key, in the same transaction) since the key was read:
+        # the key is free again, as for any retry after its events were pruned.
+        return _claim_key(conn, key, fingerprint, now, retry=False)
     return Appended(events, replayed=True)
 
 
