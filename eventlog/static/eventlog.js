@@ -124,6 +124,13 @@
     return url.href;
   }
 
+  /** `url` with `params` added to its query. */
+  function withParams(url, params) {
+    const result = new URL(url);
+    for (const [name, value] of Object.entries(params)) result.searchParams.append(name, String(value));
+    return result.href;
+  }
+
   /**
    * The storage key (and lock and channel name) of a subscription: the events URL it reads,
    * so the same streams on the same server share a position and a connection, and nothing else.
