@@ -44,7 +44,8 @@ def _serve(asset: Asset) -> Response:
     response.set_etag(asset.etag)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Content-Type-Options"] = "nosniff"
-    return response.make_conditional(request)
+    response.make_conditional(request)  # a 304 for a matching If-None-Match
+    return response
 
 
 @bp.get("/eventlog.js")
