@@ -1,33 +1,38 @@
-"""eventlog: a replayable event log served as Server-Sent Events and a JSON audit API."""
+"""eventlog: a replayable event log served as Server-Sent Events and a JSON audit API.
+
+The public surface: the extension and the standalone app, the blueprint that mounts the HTTP
+API in a host app, the event types, and the errors. Everything else is internal.
+"""
 
 from __future__ import annotations
 
+from .api import blueprint
 from .app import create_app
 from .errors import (
+    ConfigError,
     EventlogError,
     IdempotencyConflict,
     InvalidRequest,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from .service import EventLog, current_eventlog
-from .store import Appended, EventFilter, StoredEvent, append, query
-from .validation import NewEvent, parse_events
+from .events import EventFilter, NewEvent, StoredEvent
+from .extension import EventLog
+from .store import Appended, Page
 
 __all__ = [
     "Appended",
+    "ConfigError",
     "EventFilter",
     "EventLog",
     "EventlogError",
     "IdempotencyConflict",
     "InvalidRequest",
     "NewEvent",
+    "Page",
     "PayloadTooLarge",
     "StoredEvent",
     "UnsupportedMediaType",
-    "append",
+    "blueprint",
     "create_app",
-    "current_eventlog",
-    "parse_events",
-    "query",
 ]

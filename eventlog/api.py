@@ -1,83 +1,102 @@
-"""The HTTP API: a thin layer that parses requests and renders what the log returns."""
+"""The HTTP API as a Flask blueprint: parse the request, ask ``EventLog``, render the answer.
+
+HTTP only: no SQL, no sockets. Mount it in any app that has an ``EventLog``::
+
+    events = EventLog(app)
+    app.register_blueprint(eventlog.blueprint, url_prefix="/eventlog")
+
+Its limits (``EVENTLOG_MAX_REQUEST_BYTES``) and its problem+json errors cover its own routes
+only; the host app's other routes and error pages stay as they are.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import socket
-from collections.abc import Callable
 from importlib.resources import files
 from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, request
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
+from flask.blueprints import BlueprintSetupState
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from . import sse
 from .errors import EventlogError, InvalidRequest, UnsupportedMediaType, problem
-from .notify import RedisNotifier
+from .events import StoredEvent, check_name
+from .extension import EXTENSION_KEY, current_eventlog
 from .query import parse_audit_query
-from .service import current_eventlog
-from .store import StoredEvent, query
-from .stream import event_stream
-from .validation import check_name, parse_events
+from .store import Page
+from .validation import parse_events
 
 log = logging.getLogger(__name__)
-bp = Blueprint("eventlog", __name__)
+blueprint = Blueprint("eventlog", __name__)
 
 JSON = "application/json"
+PROBLEM_JSON = "application/problem+json"
 EVENT_STREAM = "text/event-stream"
 IDEMPOTENCY_KEY_MAX = 255
 # Query parameters the live stream reads; anything else is an error, like in the audit query.
 STREAM_PARAMETERS = frozenset({"stream", "last_event_id"})
+CLIENT_GONE = "eventlog.client_gone"
+"""WSGI environ key: a server that can tell whether a client has left puts a check here."""
+RETRY_AFTER_SECONDS = 1
 
 
-@bp.post("/streams/<stream>/events")
+@blueprint.record_once
+def _require_extension(state: BlueprintSetupState) -> None:
+    if EXTENSION_KEY not in state.app.extensions:
+        raise RuntimeError("set up EventLog(app) before registering eventlog's blueprint")
+
+
+@blueprint.before_request
+def _limit_request_size() -> None:
+    # Per request, so the host app's own MAX_CONTENT_LENGTH is left alone.
+    request.max_content_length = current_eventlog().settings.max_request_bytes
+
+
+@blueprint.post("/streams/<stream>/events")
 def publish(stream: str) -> Response:
     """Store one event (a JSON object) or an atomic batch (an array); 201 with the result."""
     eventlog = current_eventlog()
+    settings = eventlog.settings
     events, is_batch = parse_events(
-        stream,
-        _json_body(),
-        max_data_bytes=eventlog.settings.max_data_bytes,
-        max_batch=eventlog.settings.max_batch,
+        stream, _json_body(), max_data_bytes=settings.max_data_bytes, max_batch=settings.max_batch
     )
     appended = eventlog.append(events, idempotency_key=_idempotency_key())
-    body = (
-        _events_json(appended.events)
-        if is_batch
-        else appended.events[0].to_json()
-    )
+    body = _events_json(appended.events) if is_batch else appended.events[0].to_json()
     response = Response(body, status=201, mimetype=JSON)
     if appended.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
 
 
-@bp.get("/streams/<stream>/events")
+@blueprint.get("/streams/<stream>/events")
 def stream_events(stream: str) -> Response:
     """Events of one stream: live SSE with replay, or a JSON page of the audit query."""
     check_name(stream, "stream name")
     if _wants_event_stream():
-        return _live(streams=[stream], extra=set(request.args) - {"last_event_id"})
+        return _live([stream], extra=set(request.args) - {"last_event_id"}, envelope=False)
     if "stream" in request.args:
         raise InvalidRequest("the stream is named in the path; use GET /events to query several")
     return _audit_page([("stream", stream), *request.args.items(multi=True)])
 
 
-@bp.get("/events")
+@blueprint.get("/events")
 def all_events() -> Response:
-    """Events of the given streams (all streams if none): live SSE, or a JSON audit page."""
+    """Events of the given streams (all streams if none): live SSE, or a JSON audit page.
+
+    Live frames here carry the whole stored event as data, so each names its stream."""
     if _wants_event_stream():
         streams = [check_name(s, "stream name") for s in request.args.getlist("stream")]
-        return _live(streams=streams, extra=set(request.args) - STREAM_PARAMETERS)
+        return _live(streams, extra=set(request.args) - STREAM_PARAMETERS, envelope=True)
     return _audit_page(list(request.args.items(multi=True)))
 
 
-@bp.get("/healthz")
+@blueprint.get("/healthz")
 def healthz() -> Response:
     """Liveness: the process answers. Also reports which worker process answered, its live
     subscribers and how many events wait in their buffers."""
@@ -92,24 +111,18 @@ def healthz() -> Response:
     )
 
 
-@bp.get("/readyz")
+@blueprint.get("/readyz")
 def readyz() -> Response:
-    """Readiness: whether the database and (when configured) Redis answer; 503 if not."""
-    eventlog = current_eventlog()
-    checks: dict[str, str] = {}
-    try:
-        with eventlog.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except SQLAlchemyError:
-        checks["database"] = "unreachable"
-    if isinstance(eventlog.notifier, RedisNotifier):
-        checks["redis"] = "ok" if eventlog.notifier.ping() else "unreachable"
-    ready = all(state == "ok" for state in checks.values())
-    return _json({"status": "ready" if ready else "unavailable", **checks}, 200 if ready else 503)
+    """Readiness: 503 only when the database does not answer. Redis down is "degraded":
+    publishing works, and every process still finds new events by polling."""
+    checks = current_eventlog().readiness()
+    if checks["database"] != "ok":
+        return _json({"status": "unavailable", **checks}, 503)
+    status = "ready" if all(state == "ok" for state in checks.values()) else "degraded"
+    return _json({"status": status, **checks})
 
 
-@bp.get("/openapi.json")
+@blueprint.get("/openapi.json")
 def openapi() -> Response:
     """The OpenAPI description of this API."""
     return Response(files(__package__).joinpath("openapi.json").read_bytes(), mimetype=JSON)
@@ -117,24 +130,43 @@ def openapi() -> Response:
 
 def handle_error(error: Exception) -> Response:
     """The one mapping from exceptions to RFC 9457 problem details."""
+    headers: dict[str, str] = {}
     if isinstance(error, EventlogError):
         body = error.problem()
     elif isinstance(error, HTTPException):
         body = problem(error.code or 500, error.name, error.description or error.name)
+        # Keep what the client needs to act on, such as Allow on a 405.
+        headers = {k: v for k, v in error.get_headers() if k != "Content-Type"}
+    elif _database_unavailable(error):
+        # The type only: SQLAlchemy's message carries the statement's parameters (event data).
+        log.warning("database unavailable (%s)", type(error).__name__)
+        body = problem(503, "Service unavailable", "the database is unavailable; retry shortly")
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     else:
         # Details stay in the log: they may hold configuration the caller must not see.
-        log.exception("unhandled error")
+        if isinstance(error, SQLAlchemyError):
+            log.error("database error (%s)", type(error).__name__)  # never its parameters
+        else:
+            log.exception("unhandled error")
         body = problem(500, "Internal server error", "the server failed; see its log")
-    response = Response(json.dumps(body), status=body["status"], mimetype="application/problem+json")
-    if isinstance(error, HTTPException):
-        # Keep what the client needs to act on, such as Allow on a 405.
-        for name, value in error.get_headers():
-            if name != "Content-Type":
-                response.headers[name] = value
+    response = Response(json.dumps(body), status=body["status"], mimetype=PROBLEM_JSON)
+    response.headers.update(headers)
     return response
 
 
-def _live(streams: list[str], extra: set[str]) -> Response:
+blueprint.register_error_handler(Exception, handle_error)
+
+
+def _database_unavailable(error: Exception) -> bool:
+    """Whether ``error`` means the database cannot be reached right now (503, not 500)."""
+    if isinstance(error, PoolTimeout):
+        return True
+    return isinstance(error, DBAPIError) and (
+        error.connection_invalidated or type(error).__name__ in ("OperationalError", "InterfaceError")
+    )
+
+
+def _live(streams: list[str], *, extra: set[str], envelope: bool) -> Response:
     if extra:
         raise InvalidRequest(f"unknown query parameter(s) for a live stream: {sorted(extra)}")
     # The header is what a reconnecting EventSource sends; it wins over the URL's value,
@@ -144,15 +176,8 @@ def _live(streams: list[str], extra: set[str]) -> Response:
         resume_after = sse.parse_last_event_id(raw)
     except ValueError as error:
         raise InvalidRequest(f"bad resume point: {error}") from None
-    eventlog = current_eventlog()
-    client = request.environ.get("gunicorn.socket")  # eventlog serve's; other servers: None
-    body = event_stream(
-        eventlog.engine,
-        eventlog.hub,
-        streams,
-        resume_after,
-        retry_ms=eventlog.settings.retry_ms,
-        client_gone=None if client is None else _closed_by_peer(client),
+    body = current_eventlog().stream(
+        streams, resume_after, envelope=envelope, client_gone=request.environ.get(CLIENT_GONE)
     )
     response = Response(body, mimetype=EVENT_STREAM)
     response.headers["Cache-Control"] = "no-cache"
@@ -160,43 +185,20 @@ def _live(streams: list[str], extra: set[str]) -> Response:
     return response
 
 
-def _closed_by_peer(client: socket.socket) -> Callable[[], bool]:
-    """Whether the client has closed its end of ``client``, asked without waiting.
-
-    An SSE client sends nothing after its request, so a socket that reads as ended (or reset)
-    belongs to a client that is gone; anything else, data included, counts as still there.
-    """
-
-    def gone() -> bool:
-        timeout = client.gettimeout()
-        client.settimeout(0)  # a gevent socket would otherwise park this greenlet until data
-        try:
-            return client.recv(1, socket.MSG_PEEK) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-        finally:
-            client.settimeout(timeout)
-
-    return gone
-
-
 def _audit_page(params: list[tuple[str, str]]) -> Response:
     audit = parse_audit_query(params)
-    with current_eventlog().engine.connect() as conn:
-        rows = query(conn, audit.where, limit=audit.limit + 1, newest_first=audit.newest_first)
-    page, more = rows[: audit.limit], len(rows) > audit.limit
+    page: Page = current_eventlog().page(
+        audit.where, limit=audit.limit, newest_first=audit.newest_first
+    )
     next_url = None
-    if more:
-        # Keyset pagination: the next page continues past the last id of this one.
+    if page.more and page.events:
+        # Keyset pagination: the next page continues past the last id of this one. The link
+        # is relative (path and query): it never repeats a Host header the client sent.
         bound = "before" if audit.newest_first else "after"
         kept = [(k, v) for k, v in request.args.items(multi=True) if k != bound]
-        next_url = f"{request.base_url}?{urlencode([*kept, (bound, str(page[-1].id))])}"
-    return Response(
-        f'{{"events":[{",".join(e.to_json() for e in page)}],"next":{json.dumps(next_url)}}}',
-        mimetype=JSON,
-    )
+        next_url = f"{request.script_root}{request.path}?{urlencode([*kept, (bound, str(page.events[-1].id))])}"
+    events = ",".join(e.to_json() for e in page.events)
+    return Response(f'{{"events":[{events}],"next":{json.dumps(next_url)}}}', mimetype=JSON)
 
 
 def _events_json(events: list[StoredEvent]) -> str:

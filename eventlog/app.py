@@ -1,4 +1,4 @@
-"""The application factory."""
+"""The application factory of the standalone server."""
 
 from __future__ import annotations
 
@@ -6,22 +6,27 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from werkzeug.exceptions import HTTPException
 
 from . import api, assets
-from .config import read_config
-from .service import EventLog
+from .config import from_environment
+from .extension import EventLog
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app: defaults, then ``EVENTLOG_*`` environment variables, then ``test_config``.
+    """Build the standalone app: ``EVENTLOG_*`` environment variables, then ``test_config``
+    (keys as in the environment, e.g. ``{"EVENTLOG_DATABASE_URL": ...}``).
 
     The database schema is not touched here; ``eventlog serve`` migrates before it starts
     workers, and ``eventlog db upgrade`` does it as a deploy step.
     """
-    app = Flask(__name__, static_folder=None)  # eventlog/static is served by assets.py
-    app.config.update(read_config(test_config))
+    app = Flask("eventlog", static_folder=None)  # eventlog/static is served by assets.py
+    app.config.update(from_environment())
+    if test_config is not None:
+        app.config.update(test_config)
     EventLog(app)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(assets.bp)
-    app.register_error_handler(Exception, api.handle_error)
+    app.register_blueprint(api.blueprint)
+    app.register_blueprint(assets.blueprint)
+    # Here the whole app is eventlog's: routing errors (404, 405) are problem+json too.
+    app.register_error_handler(HTTPException, api.handle_error)
     return app

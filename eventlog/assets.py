@@ -15,7 +15,7 @@ from importlib.resources import files
 
 from flask import Blueprint, Response, request
 
-bp = Blueprint("assets", __name__)
+blueprint = Blueprint("assets", __name__)
 
 JAVASCRIPT = "text/javascript; charset=utf-8"  # RFC 9239
 MODULE_FOOTER = b"\nexport const { subscribe, SSEParser } = globalThis.eventlog;\nexport default globalThis.eventlog;\n"
@@ -48,31 +48,31 @@ def _serve(asset: Asset) -> Response:
     return response
 
 
-@bp.get("/eventlog.js")
+@blueprint.get("/eventlog.js")
 def client_script() -> Response:
     """The browser client as a classic script (it sets ``globalThis.eventlog``)."""
     return _serve(_asset("eventlog.js", JAVASCRIPT))
 
 
-@bp.get("/eventlog.mjs")
+@blueprint.get("/eventlog.mjs")
 def client_module() -> Response:
     """The same client as an ES module, with named exports."""
     return _serve(_asset("eventlog.js", JAVASCRIPT, MODULE_FOOTER))
 
 
-@bp.get("/console")
+@blueprint.get("/console")
 def console_page() -> Response:
     """The live console: watch streams, browse the log, publish."""
     return _serve(_asset("console.html", "text/html; charset=utf-8"))
 
 
-@bp.get("/console.js")
+@blueprint.get("/console.js")
 def console_script() -> Response:
     """The console's script."""
     return _serve(_asset("console.js", JAVASCRIPT))
 
 
-@bp.get("/console.css")
+@blueprint.get("/console.css")
 def console_style() -> Response:
     """The console's style sheet."""
     return _serve(_asset("console.css", "text/css; charset=utf-8"))

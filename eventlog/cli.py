@@ -1,40 +1,83 @@
-"""The ``eventlog`` command: serve, migrate, publish and query from a shell."""
+"""The command line: ``eventlog ...`` for the standalone server, ``flask eventlog ...`` in an
+app that embeds eventlog. Both run the same commands on the app's ``EventLog``.
+
+Every failure a user can cause or meet (a bad setting, a missing schema, an unreachable
+database) is one line naming the setting or the command to run, with exit status 1.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
+from flask import Flask
+from flask.cli import ScriptInfo
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from .app import create_app
-from .config import ConfigError, Settings, read_config
-from .errors import EventlogError
-from .query import MAX_LIMIT, parse_audit_query
-from .service import EventLog
+from .config import Settings, from_environment, key_of
+from .errors import ConfigError, EventlogError
+from .events import EventFilter
+from .extension import EXTENSION_KEY, EventLog, current_eventlog
+from .query import parse_audit_query
 from .sse import DEFAULT_TYPE
-from .store import query as query_events
+
+F = TypeVar("F", bound=Callable[..., Any])
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
-def _eventlog() -> EventLog:
-    """The configured EventLog; a bad setting becomes a one-line error, not a traceback."""
-    try:
-        app = create_app()
-    except ConfigError as error:
-        raise click.ClickException(str(error)) from None
-    extension: EventLog = app.extensions["eventlog"]
-    return extension
+def in_app(*, needs_schema: bool = True) -> Callable[[F], F]:
+    """Run the command inside its app (the standalone one, or ``flask``'s) and turn
+    eventlog's and the database's errors into one line each."""
+
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            info = click.get_current_context().ensure_object(ScriptInfo)
+            try:
+                app = info.load_app()
+                with app.app_context():
+                    if needs_schema:
+                        _require_schema(current_eventlog())
+                    return command(*args, **kwargs)
+            except EventlogError as error:
+                raise click.ClickException(error.detail) from None
+            except SQLAlchemyError as error:
+                raise click.ClickException(_database_problem(error)) from None
+
+        return run  # type: ignore[return-value]
+
+    return decorate
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-def main() -> None:
+@click.group(context_settings=CONTEXT)
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """eventlog: a replayable event log with Server-Sent Events.
 
     Settings come from EVENTLOG_* environment variables (see the README); by default the
     log is the SQLite file ./eventlog.db with in-process notifications.
     """
+
+    def load() -> Flask:
+        app = create_app()
+        # Close what the command opened: announcements still waiting go out before the exit.
+        ctx.call_on_close(app.extensions[EXTENSION_KEY].close)
+        return app
+
+    ctx.obj = ScriptInfo(create_app=load, set_debug_flag=False)
+
+
+@click.group("eventlog", context_settings=CONTEXT)
+def flask_group() -> None:
+    """eventlog's commands, on this app's EventLog."""
 
 
 @main.command()
@@ -55,9 +98,9 @@ def main() -> None:
 def serve(host: str, port: int, workers: int, connections: int, migrate: bool) -> None:
     """Run the HTTP server (gunicorn with gevent workers)."""
     try:
-        settings = Settings.from_mapping(read_config())
+        settings = Settings.from_config(from_environment())
     except ConfigError as error:
-        raise click.ClickException(str(error)) from None
+        raise click.ClickException(error.detail) from None
     if workers > 1 and not settings.redis_url:
         click.echo(
             "note: without EVENTLOG_REDIS_URL each worker learns of the others' events"
@@ -71,58 +114,61 @@ def serve(host: str, port: int, workers: int, connections: int, migrate: bool) -
         check_port_free(host, port)
     except OSError as error:
         raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    if migrate:
-        # In a child process, so that this one never imports the database driver: psycopg
-        # picks its wait function when imported, and one picked before gevent patches the
-        # forked workers would block a whole worker on every query.
-        # -P: import eventlog as installed, not a source checkout that happens to be the cwd.
-        subprocess.run([sys.executable, "-P", "-m", "eventlog", "db", "upgrade"], check=True)
+    # In a child process, so that this one never imports the database driver: psycopg
+    # picks its wait function when imported, and one picked before gevent patches the
+    # forked workers would block a whole worker on every query. The child prints its own
+    # one-line error. -P: import eventlog as installed, not a checkout that is the cwd.
+    step = "upgrade" if migrate else "check"
+    if subprocess.run([sys.executable, "-P", "-m", "eventlog", "db", step]).returncode != 0:
+        sys.exit(1)
     run_server(host, port, workers, connections)
 
 
-@main.group()
+@click.group()
 def db() -> None:
-    """Database schema migrations."""
+    """Database schema migrations (in their own version table, eventlog_alembic_version)."""
 
 
 @db.command()
 @click.argument("revision", default="head")
+@in_app(needs_schema=False)
 def upgrade(revision: str) -> None:
     """Apply migrations up to REVISION."""
-    from .migrate import current
-    from .migrate import upgrade as run_upgrade
-
-    engine = _eventlog().engine
-    run_upgrade(engine, revision)
-    click.echo(f"database at revision {current(engine)}")
+    events = current_eventlog()
+    events.upgrade(revision)
+    click.echo(f"database at revision {events.revision()}")
 
 
 @db.command()
+@in_app(needs_schema=False)
 def current() -> None:
     """Print the revision the database is at ("none" before the first upgrade)."""
-    from .migrate import current as revision
+    events = current_eventlog()
+    click.echo("none" if _missing_database_file(events) else events.revision() or "none")
 
-    click.echo(revision(_eventlog().engine) or "none")
+
+@db.command()
+@in_app()
+def check() -> None:
+    """Exit 0 if the schema is up to date; otherwise say which command to run."""
+    click.echo(f"database at revision {current_eventlog().revision()}")
 
 
-@main.command()
+@click.command()
 @click.argument("stream")
 @click.argument("data")
 @click.option("--type", "type_", default=DEFAULT_TYPE, help="The event's type.")
+@in_app()
 def publish(stream: str, data: str, type_: str) -> None:
     """Publish one event to STREAM; DATA is JSON (e.g. '{"id": 7}'). Prints the stored event."""
     try:
         value = json.loads(data)
     except ValueError as error:
         raise click.BadParameter(f"not JSON: {error}", param_hint="DATA") from None
-    try:
-        stored = _eventlog().publish(stream, value, type=type_)
-    except EventlogError as error:
-        raise click.ClickException(error.detail) from None
-    click.echo(stored.to_json())
+    click.echo(current_eventlog().publish(stream, value, type=type_).to_json())
 
 
-@main.command()
+@click.command()
 @click.option("--stream", multiple=True, help="Only this stream (repeatable).")
 @click.option("--type", "types", multiple=True, help="Only this event type (repeatable).")
 @click.option("--after", type=int, help="Only ids greater than this.")
@@ -131,6 +177,7 @@ def publish(stream: str, data: str, type_: str) -> None:
 @click.option("--until", help="Only events before this RFC 3339 time.")
 @click.option("--limit", type=click.IntRange(1), help="Print at most this many events.  [default: all]")
 @click.option("--order", type=click.Choice(["asc", "desc"]), default="asc", help="Oldest or newest first.")
+@in_app()
 def query(
     stream: tuple[str, ...],
     types: tuple[str, ...],
@@ -142,6 +189,29 @@ def query(
     order: str,
 ) -> None:
     """Print matching events as JSON lines, following pages to the end."""
+    where, newest_first = audit_filter(stream, types, after, before, since, until, order)
+    for printed, event in enumerate(current_eventlog().events(where, newest_first=newest_first)):
+        if limit is not None and printed >= limit:
+            break
+        sys.stdout.write(event.to_json() + "\n")
+
+
+for group in (main, flask_group):
+    group.add_command(db)
+    group.add_command(publish)
+    group.add_command(query)
+
+
+def audit_filter(
+    stream: tuple[str, ...],
+    types: tuple[str, ...],
+    after: int | None,
+    before: int | None,
+    since: str | None,
+    until: str | None,
+    order: str,
+) -> tuple[EventFilter, bool]:
+    """The audit filters given as options, checked by the same parser as the HTTP API's."""
     optional = {"after": after, "before": before, "since": since, "until": until}
     params = [
         *(("stream", s) for s in stream),
@@ -149,21 +219,48 @@ def query(
         *((name, str(value)) for name, value in optional.items() if value is not None),
         ("order", order),
     ]
-    try:
-        audit = parse_audit_query(params)
-    except EventlogError as error:
-        raise click.ClickException(error.detail) from None
-    engine = _eventlog().engine
-    where, printed = audit.where, 0
-    while limit is None or printed < limit:
-        page_size = MAX_LIMIT if limit is None else min(MAX_LIMIT, limit - printed)
-        with engine.connect() as conn:
-            page = query_events(conn, where, limit=page_size, newest_first=audit.newest_first)
-        sys.stdout.writelines(event.to_json() + "\n" for event in page)
-        printed += len(page)
-        if len(page) < page_size:
-            break
-        if audit.newest_first:
-            where = dataclasses.replace(where, before=page[-1].id)
-        else:
-            where = dataclasses.replace(where, after=page[-1].id)
+    audit = parse_audit_query(params)
+    return audit.where, audit.newest_first
+
+
+def _require_schema(events: EventLog) -> None:
+    """Refuse to run on a database without eventlog's schema, and never create one."""
+    _require_database_file(events)
+    from .migrate import head
+
+    revision, newest = events.revision(), head()
+    if revision is None:
+        raise ConfigError(
+            f"the database in {key_of('database_url')} has no eventlog schema; run `eventlog db upgrade`"
+        )
+    if revision != newest:
+        raise ConfigError(
+            f"the database schema is at revision {revision}, this eventlog needs {newest};"
+            " run `eventlog db upgrade`"
+        )
+
+
+def _require_database_file(events: EventLog) -> None:
+    """A SQLite file that does not exist is an error, not a new empty database."""
+    missing = _missing_database_file(events)
+    if missing is not None:
+        raise ConfigError(
+            f"there is no database file {missing!r} ({key_of('database_url')});"
+            " run `eventlog db upgrade` to create it"
+        )
+
+
+def _missing_database_file(events: EventLog) -> str | None:
+    """The path of a SQLite database file that does not exist (connecting would create it)."""
+    url = make_url(events.settings.database_url)
+    path = url.database
+    if url.get_backend_name() == "sqlite" and path and path != ":memory:" and not os.path.exists(path):
+        return path
+    return None
+
+
+def _database_problem(error: SQLAlchemyError) -> str:
+    """One line on a database failure: its first line, without statement or parameters."""
+    cause = getattr(error, "orig", None) or error
+    first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return f"cannot use the database ({key_of('database_url')}): {first}"

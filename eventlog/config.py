@@ -1,92 +1,114 @@
-"""Settings: defaults, then ``EVENTLOG_*`` environment variables, then a test's mapping.
+"""Settings: one table of every setting, read from ``EVENTLOG_*`` keys of a Flask config.
 
-Every setting is read and checked once, when the app is created, so a bad value stops the
-process at start with a message naming the variable instead of failing on some later request.
+``Settings`` below is the table: each field is one setting, its default, and whether 0 is
+allowed (``zero=True``: 0 turns the feature off). The key in ``app.config``, and the
+environment variable the standalone app loads into it, is the field's name upper-cased
+behind ``EVENTLOG_``. An app that embeds eventlog keeps its own keys (``DATABASE_URL``,
+``MAX_CONTENT_LENGTH``, ...) to itself: only ``EVENTLOG_`` keys are read, none is written.
+
+Every setting is checked once, when the extension is set up, so a bad value stops the
+process at start with a message naming the key instead of failing on some later request.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Config
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
-DEFAULTS: dict[str, Any] = {
-    "DATABASE_URL": "sqlite:///eventlog.db",
-    "REDIS_URL": "",
-    "REDIS_CHANNEL": "eventlog",
-    "MAX_DATA_BYTES": 1024 * 1024,
-    "MAX_BATCH": 1000,
-    "MAX_REQUEST_BYTES": 64 * 1024 * 1024,
-    "HEARTBEAT_SECONDS": 15.0,
-    "RETRY_MS": 2000,
-    "POLL_SECONDS": 1.0,
-    "FANOUT_SECONDS": 0.05,
-    "SUBSCRIBER_BUFFER": 1000,
-}
-# The settings for which 0 means something (the feature is off) rather than a mistake.
-MAY_BE_ZERO = frozenset({"FANOUT_SECONDS"})
+from .errors import ConfigError
+
+PREFIX = "EVENTLOG_"
 
 
-def read_config(overrides: Mapping[str, Any] | None = None) -> Config:
-    """Defaults, then ``EVENTLOG_*`` environment variables, then ``overrides`` (a test's)."""
-    config = Config(root_path=".")
-    config.from_mapping(DEFAULTS)
-    config.from_prefixed_env("EVENTLOG")
-    if overrides is not None:
-        config.from_mapping(overrides)
-    return config
-
-
-class ConfigError(Exception):
-    """A setting is missing or malformed; the message names the environment variable."""
+def _setting(default: Any, *, zero: bool = False) -> Any:
+    """A field of the table; ``zero`` says 0 is a meaningful value (the feature is off)."""
+    return dataclasses.field(default=default, metadata={"zero": zero})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
-    """The checked settings one app runs with (see the README's configuration table)."""
+    """The checked settings one app runs with (the README's configuration table)."""
 
-    database_url: str
-    redis_url: str
-    redis_channel: str
-    max_data_bytes: int
-    max_batch: int
-    max_request_bytes: int
-    heartbeat_seconds: float
-    retry_ms: int
-    poll_seconds: float
-    fanout_seconds: float
-    subscriber_buffer: int
+    database_url: str = "sqlite:///eventlog.db"
+    redis_url: str = ""
+    redis_channel: str = "eventlog"
+    max_data_bytes: int = 1024 * 1024
+    max_batch: int = 1000
+    max_request_bytes: int = 64 * 1024 * 1024
+    heartbeat_seconds: float = 15.0
+    retry_ms: int = 2000
+    poll_seconds: float = 1.0
+    fanout_seconds: float = _setting(0.05, zero=True)
+    subscriber_buffer: int = 1000
+    subscriber_buffer_bytes: int = 8 * 1024 * 1024
+    page_bytes: int = 8 * 1024 * 1024
 
     @classmethod
-    def from_mapping(cls, config: Mapping[str, Any]) -> Settings:
-        """Build settings from a Flask config whose keys are the unprefixed names."""
-        values: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            key = field.name.upper()
-            raw = config.get(key, DEFAULTS[key])
-            values[field.name] = _coerce(key, raw, DEFAULTS[key])
-        settings = cls(**values)
-        if not settings.database_url:
-            raise ConfigError("EVENTLOG_DATABASE_URL is empty; set a SQLAlchemy URL")
-        return settings
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        """Read the ``EVENTLOG_*`` keys of ``config``; a missing key takes its default."""
+        values = {
+            field.name: _coerce(field, config.get(key_of(field.name), field.default))
+            for field in dataclasses.fields(cls)
+        }
+        values["database_url"] = _database_url(values["database_url"])
+        return cls(**values)
 
 
-def _coerce(key: str, raw: Any, default: Any) -> Any:
-    """Convert ``raw`` to the type of ``default``, refusing what does not fit."""
-    kind = type(default)
+def key_of(name: str) -> str:
+    """The config key (and environment variable) of the setting named ``name``."""
+    return PREFIX + name.upper()
+
+
+KEYS = tuple(key_of(field.name) for field in dataclasses.fields(Settings))
+"""Every setting's config key, in the table's order."""
+
+
+def from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The settings given as environment variables, under their config keys."""
+    return {key: environ[key] for key in KEYS if key in environ}
+
+
+def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
+    """Convert ``raw`` to the type of the field's default, refusing what does not fit."""
+    key = key_of(field.name)
+    kind: type[Any] = type(field.default)
     if kind is str:
-        if raw is None:
-            return ""
-        return str(raw)
+        return "" if raw is None else str(raw)
     try:
         value = kind(raw)
     except (TypeError, ValueError):
-        raise ConfigError(f"EVENTLOG_{key} must be a number, got {raw!r}") from None
-    if key in MAY_BE_ZERO:
+        raise ConfigError(f"{key} must be a number, got {raw!r}") from None
+    if field.metadata.get("zero", False):
         if isinstance(raw, bool) or value < 0:
-            raise ConfigError(f"EVENTLOG_{key} must be 0 or a positive number, got {raw!r}")
+            raise ConfigError(f"{key} must be 0 or a positive number, got {raw!r}")
     elif isinstance(raw, bool) or value <= 0:
-        raise ConfigError(f"EVENTLOG_{key} must be a positive number, got {raw!r}")
+        raise ConfigError(f"{key} must be a positive number, got {raw!r}")
     return value
+
+
+def _database_url(raw: str) -> str:
+    """Check the database URL; ``postgres://`` and ``postgresql://`` get the psycopg driver.
+
+    Those two spellings are what hosting providers hand out, and SQLAlchemy would otherwise
+    refuse the first and look for psycopg2, which eventlog does not install, for the second.
+    """
+    key = key_of("database_url")
+    if not raw:
+        raise ConfigError(f"{key} is empty; set a SQLAlchemy URL such as sqlite:///eventlog.db")
+    try:
+        url: URL = make_url(raw)
+    except ArgumentError:
+        raise ConfigError(
+            f"{key} is not a database URL; use e.g. sqlite:///eventlog.db or"
+            " postgresql+psycopg://user@host/db"
+        ) from None
+    if url.drivername in ("postgres", "postgresql"):
+        url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError(f"{key}: eventlog runs on SQLite or PostgreSQL, not {url.get_backend_name()}")
+    return url.render_as_string(hide_password=False)

@@ -4,7 +4,10 @@
     ├── InvalidRequest        400 malformed JSON, a bad event, a bad query parameter or header
     ├── PayloadTooLarge       413 a request body over EVENTLOG_MAX_REQUEST_BYTES
     ├── UnsupportedMediaType  415 a publish whose Content-Type is not JSON
-    └── IdempotencyConflict   422 an Idempotency-Key reused for a different request
+    ├── IdempotencyConflict   422 an Idempotency-Key reused for a different request
+    └── ConfigError           a setting is missing or malformed, or the schema is not there;
+                              raised at start-up, where it becomes a one-line error naming the
+                              setting or the command to run
 
 The message is shown to the caller as ``detail``, so it names the problem and never
 carries configuration or other secrets.
@@ -55,6 +58,12 @@ class IdempotencyConflict(EventlogError):
     status = 422
     slug = "idempotency-key-reused"
     title = "Idempotency key reused"
+
+
+class ConfigError(EventlogError):
+    status = 500
+    slug = "configuration"
+    title = "Configuration error"
 
 
 def problem(

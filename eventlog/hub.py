@@ -5,9 +5,15 @@ SQL once (never once per client) and hands each subscriber the events of its str
 The periodic read is what makes a lost notification (Redis down, a publisher that died
 after commit) a delay instead of a loss.
 
-Each subscriber has a bounded buffer. When a push would overflow it, the buffer is
-dropped and the subscriber is flagged; its stream then catches up from SQL from its own
-cursor (see ``stream.py``), so a slow reader costs at most ``buffer`` events of memory.
+Each subscriber has a buffer bounded in events and in bytes. When a push would overflow it,
+the buffer is dropped and the subscriber is flagged; its stream then catches up from SQL from
+its own cursor (see ``stream.py``). Frames are shared: a buffer holds references to the one
+encoding of each event, so a slow reader costs at most its bound, never a copy per reader.
+The hub's own reads are bounded in bytes too (``page_bytes``).
+
+The hub survives anything one batch can throw at it: a failed read is retried at the next
+ring or poll, an event that cannot be framed is skipped (``frames.py``), and any other error
+is logged and the batch is skipped, never the thread ended.
 
 Under load the hub fans out at most once per ``fanout_seconds``: what arrives in between
 goes to each subscriber in one write. Every write to a socket costs about the same whatever it
@@ -30,9 +36,11 @@ from collections.abc import Iterable
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import frames
+from .events import EventFilter, StoredEvent
 from .notify import Notifier
-from .sse import Frame, frame
-from .store import EventFilter, StoredEvent, head, query
+from .sse import Frame
+from .store import head, pages
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +55,16 @@ SLICE_PAUSE_SECONDS = 0.0002
 class Subscription:
     """A local subscriber's bounded buffer of live events, filled by the hub."""
 
-    def __init__(self, streams: frozenset[str], limit: int) -> None:
+    def __init__(
+        self, streams: frozenset[str], *, envelope: bool, limit: int, limit_bytes: int
+    ) -> None:
         self.streams = streams  # empty: every stream
+        self.envelope = envelope  # frames carry the whole stored event (multi-stream)
         self.position = 0  # the hub's cursor when this registered: later ids all arrive here
         self._limit = limit
+        self._limit_bytes = limit_bytes
         self._frames: list[Frame] = []
+        self._bytes = 0
         self._overflowed = False
         self._heard = False  # whether anything was pushed since the hub's last tick
         self._lock = threading.Lock()
@@ -67,11 +80,16 @@ class Subscription:
         with self._lock:
             if self._overflowed:
                 return  # the reader will re-read all of it from SQL anyway
-            if len(self._frames) + len(frames) > self._limit:
-                self._frames = []
+            size = sum(len(f.wire) for f in frames)
+            if (
+                len(self._frames) + len(frames) > self._limit
+                or self._bytes + size > self._limit_bytes
+            ):
+                self._frames, self._bytes = [], 0
                 self._overflowed = True
             else:
                 self._frames.extend(frames)
+                self._bytes += size
             self._heard = True
             self._ready.set()
 
@@ -91,7 +109,7 @@ class Subscription:
         self._ready.wait()
         with self._lock:
             frames, overflowed = self._frames, self._overflowed
-            self._frames, self._overflowed = [], False
+            self._frames, self._bytes, self._overflowed = [], 0, False
             self._ready.clear()
         return frames, overflowed
 
@@ -108,7 +126,9 @@ class Hub:
         fanout_seconds: float = 0.0,
         heartbeat_seconds: float = 15.0,
         buffer: int = 1000,
+        buffer_bytes: int = 8 * 1024 * 1024,
         page_size: int = 1000,
+        page_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self._engine = engine
         self._notifier = notifier
@@ -117,10 +137,15 @@ class Hub:
         self._fanned_out_at = 0.0  # time.monotonic() when the last fan-out began
         self._heartbeat_seconds = heartbeat_seconds
         self._buffer = buffer
+        self._buffer_bytes = buffer_bytes
         self._page_size = page_size
+        self._page_bytes = page_bytes
         self._lock = threading.Lock()
         self._by_stream: defaultdict[str, set[Subscription]] = defaultdict(set)
         self._everything: set[Subscription] = set()
+        # How many of the stream-filtered subscribers want each frame format, so a fan-out
+        # encodes only the formats someone reads.
+        self._formats: dict[bool, int] = {False: 0, True: 0}
         self._cursor = 0
         self._rung = threading.Event()
         self._stop = threading.Event()
@@ -136,13 +161,19 @@ class Hub:
         with self._lock:
             return self._everything.union(*self._by_stream.values())
 
-    def subscribe(self, streams: Iterable[str] = ()) -> Subscription:
-        """Register a subscriber: every event committed after this call reaches its buffer."""
+    def subscribe(self, streams: Iterable[str] = (), *, envelope: bool = False) -> Subscription:
+        """Register a subscriber: every event committed after this call reaches its buffer.
+
+        ``envelope``: its frames carry the whole stored event, not only its data.
+        """
         self.start()
-        subscription = Subscription(frozenset(streams), self._buffer)
+        subscription = Subscription(
+            frozenset(streams), envelope=envelope, limit=self._buffer, limit_bytes=self._buffer_bytes
+        )
         with self._lock:
             subscription.position = self._cursor
             if subscription.streams:
+                self._formats[subscription.envelope] += 1
                 for stream in subscription.streams:
                     self._by_stream[stream].add(subscription)
             else:
@@ -150,14 +181,19 @@ class Hub:
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
+        """Remove a subscriber (again is harmless)."""
         with self._lock:
             self._everything.discard(subscription)
+            found = False
             for stream in subscription.streams:
                 subscribers = self._by_stream.get(stream)
-                if subscribers is not None:
-                    subscribers.discard(subscription)
+                if subscribers is not None and subscription in subscribers:
+                    found = True
+                    subscribers.remove(subscription)
                     if not subscribers:
                         del self._by_stream[stream]
+            if found:
+                self._formats[subscription.envelope] -= 1
 
     def ring(self, last_id: int | None) -> None:
         """A doorbell: ids up to ``last_id`` (None: unknown) may be waiting in SQL."""
@@ -201,6 +237,8 @@ class Hub:
                 self._catch_up()
             except SQLAlchemyError as error:
                 log.warning("hub could not read new events (%s); retrying", type(error).__name__)
+            except Exception:  # a bug must not end delivery for the whole process
+                log.exception("hub failed to fan out a batch; it carries on")
 
     def _beat(self) -> None:
         while not self._stop.wait(self._heartbeat_seconds):
@@ -209,29 +247,37 @@ class Hub:
 
     def _catch_up(self) -> None:
         """Read everything after the cursor, page by page, and fan it out."""
-        while not self._stop.is_set():
-            with self._engine.connect() as conn:
-                events = query(conn, EventFilter(after=self._cursor), limit=self._page_size)
-            if not events:
-                return
+        where = EventFilter(after=self._cursor)
+        for page in pages(self._engine, where, size=self._page_size, max_bytes=self._page_bytes):
             self._fanned_out_at = time.monotonic()
-            self._fan_out(events)
-            if len(events) < self._page_size:
+            self._fan_out(page)
+            if self._stop.is_set():
                 return
 
     def _fan_out(self, events: list[StoredEvent]) -> None:
-        # Each event is encoded once here, however many subscribers it goes to.
-        frames = [frame(e.id, e.type, e.data) for e in events]
+        # Each event is encoded once per format here, however many subscribers it goes to.
+        encoded: dict[bool, list[tuple[StoredEvent, Frame]]] = {}
+
+        def framed(envelope: bool) -> list[tuple[StoredEvent, Frame]]:
+            if envelope not in encoded:
+                encoded[envelope] = frames.encode(events, envelope=envelope)
+            return encoded[envelope]
+
         # Who gets what is settled under the lock, with the cursor's move: a subscriber
         # registers either before (and is pushed this batch) or after (its position is past
         # the batch, which is in SQL for its replay).
         with self._lock:
-            targets: dict[Subscription, list[Frame]] = dict.fromkeys(self._everything, frames)
-            for event, encoded in zip(events, frames, strict=True):
-                for subscription in self._by_stream.get(event.stream, ()):
-                    targets.setdefault(subscription, []).append(encoded)
+            targets: dict[Subscription, list[Frame]] = {
+                s: [f for _, f in framed(s.envelope)] for s in self._everything
+            }
+            for envelope in (e for e, count in self._formats.items() if count):
+                for event, encoding in framed(envelope):
+                    for subscription in self._by_stream.get(event.stream, ()):
+                        if subscription.envelope is envelope:
+                            targets.setdefault(subscription, []).append(encoding)
             self._cursor = events[-1].id
         for pushed, (subscription, matching) in enumerate(targets.items(), 1):
-            subscription.push(matching)
+            if matching:
+                subscription.push(matching)
             if pushed % PUSH_SLICE == 0:
                 time.sleep(SLICE_PAUSE_SECONDS)

@@ -1,4 +1,10 @@
-"""Schema migrations through Alembic, run on an engine the caller owns."""
+"""Schema migrations through Alembic, run on an engine the caller owns.
+
+eventlog keeps its revision in a version table of its own, ``eventlog_alembic_version``, so
+its migrations live beside an application's own (Flask-Migrate's ``alembic_version``) in
+one database. A database migrated before that table existed has eventlog's revision in
+``alembic_version``; the first upgrade moves it over, and leaves any other revision there.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +13,39 @@ from importlib.resources import files
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine
+from alembic.script import ScriptDirectory
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    inspect,
+    text,
+)
+
+VERSION_TABLE = "eventlog_alembic_version"
+LEGACY_VERSION_TABLE = "alembic_version"
 
 
-def alembic_config(engine: Engine) -> Config:
+def alembic_config(engine: Engine | None = None) -> Config:
     """An Alembic config whose scripts are the packaged ``migrations/`` and whose
     connection comes from ``engine`` (``env.py`` reads it from ``attributes``)."""
     config = Config()
     config.set_main_option("script_location", str(files("eventlog.migrations")))
-    config.attributes["engine"] = engine
+    if engine is not None:
+        config.attributes["engine"] = engine
     return config
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply migrations up to ``revision``."""
-    command.upgrade(alembic_config(engine), revision)
+    config = alembic_config(engine)
+    with engine.begin() as conn:
+        _adopt_legacy_version(conn, config)
+    command.upgrade(config, revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
@@ -30,6 +54,37 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 
 def current(engine: Engine) -> str | None:
-    """The revision the database is at, or None for an unmigrated database."""
+    """The revision eventlog's tables are at, or None for an unmigrated database."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()
+
+
+def head() -> str | None:
+    """The newest revision the package ships."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def _adopt_legacy_version(conn: Connection, config: Config) -> None:
+    """Move eventlog's revision out of ``alembic_version`` into its own table, once."""
+    tables = set(inspect(conn).get_table_names())
+    if VERSION_TABLE in tables or LEGACY_VERSION_TABLE not in tables:
+        return
+    ours = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+    rows = conn.execute(text(f"SELECT version_num FROM {LEGACY_VERSION_TABLE}")).scalars().all()
+    adopted = [revision for revision in rows if revision in ours]
+    if not adopted:
+        return  # another application's revisions: not ours to touch
+    # The shape Alembic gives its version tables.
+    version = Table(
+        VERSION_TABLE,
+        MetaData(),
+        Column("version_num", String(32), nullable=False),
+        PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"),
+    )
+    version.create(conn)
+    for revision in adopted:
+        conn.execute(version.insert().values(version_num=revision))
+        conn.execute(text(f"DELETE FROM {LEGACY_VERSION_TABLE} WHERE version_num = :r"), {"r": revision})
+    if len(adopted) == len(rows):
+        conn.execute(text(f"DROP TABLE {LEGACY_VERSION_TABLE}"))

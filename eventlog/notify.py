@@ -33,8 +33,11 @@ class Notifier(Protocol):
     def listen(self, ring: Ring, stop: threading.Event) -> None:
         """Call ``ring`` for every announcement, from any process, until ``stop`` is set."""
 
+    def ping(self) -> bool:
+        """Whether the notifier's transport answers (for readiness)."""
+
     def close(self) -> None:
-        """Release connections and threads."""
+        """Send what is still waiting, then release connections and threads."""
 
 
 class LocalNotifier:
@@ -53,6 +56,9 @@ class LocalNotifier:
             stop.wait()
         finally:
             self._rings.remove(ring)
+
+    def ping(self) -> bool:
+        return True
 
     def close(self) -> None:
         pass
@@ -112,14 +118,20 @@ class RedisNotifier(LocalNotifier):
         self._client.close()
 
     def _send(self) -> None:
-        while not self._closed:
-            self._wake.wait()
+        # Runs until closed and drained: what was announced before close() still goes out,
+        # so a short-lived publisher (``eventlog publish``) is heard by the other processes.
+        while True:
             if not self._closed:
+                self._wake.wait()
                 time.sleep(self.gather_seconds)
             self._wake.clear()
             with self._lock:
                 unsent, self._unsent = self._unsent, None
-            if unsent is None or time.monotonic() < self._publish_paused_until:
+            if unsent is None:
+                if self._closed:
+                    return
+                continue
+            if time.monotonic() < self._publish_paused_until:
                 continue  # Redis failed a moment ago; the other hubs' periodic reads cover it
             try:
                 self._client.publish(self.channel, json.dumps({"first": unsent[0], "last": unsent[1]}))

@@ -6,11 +6,14 @@ from __future__ import annotations
 import resource
 import socket
 import warnings
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
 from gevent.monkey import MonkeyPatchWarning
 from gunicorn.app.base import BaseApplication
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 
 class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -24,11 +27,11 @@ class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type h
         for key, value in self.options.items():
             self.cfg.set(key, value)
 
-    def load(self) -> Flask:
+    def load(self) -> Any:
         # Imported here, in the worker, after gevent has patched the standard library.
         from .app import create_app
 
-        return create_app()
+        return with_client_check(create_app().wsgi_app)
 
 
 def serve(host: str, port: int, workers: int, connections: int) -> None:
@@ -54,6 +57,42 @@ def serve(host: str, port: int, workers: int, connections: int) -> None:
             "reuse_port": workers > 1,
         }
     ).run()
+
+
+def with_client_check(app: WSGIApplication) -> WSGIApplication:
+    """Wrap ``app`` so each request's environ holds a check of whether its client has gone
+    (under ``api.CLIENT_GONE``), from the socket gunicorn hands over as ``gunicorn.socket``."""
+    from .api import CLIENT_GONE
+
+    def wrapped(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        client = environ.get("gunicorn.socket")
+        if client is not None:
+            environ[CLIENT_GONE] = _closed_by_peer(client)
+        return app(environ, start_response)
+
+    return wrapped
+
+
+def _closed_by_peer(client: socket.socket) -> Callable[[], bool]:
+    """Whether the client has closed its end of ``client``, asked without waiting.
+
+    An SSE client sends nothing after its request, so a socket that reads as ended (or reset)
+    belongs to a client that is gone; anything else, data included, counts as still there.
+    """
+
+    def gone() -> bool:
+        timeout = client.gettimeout()
+        client.settimeout(0)  # a gevent socket would otherwise park this greenlet until data
+        try:
+            return client.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            client.settimeout(timeout)
+
+    return gone
 
 
 def check_port_free(host: str, port: int) -> None:

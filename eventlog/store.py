@@ -1,36 +1,38 @@
 """The event log in SQL: append events under gap-free ids, read them back by filter.
 
-Every function takes a SQLAlchemy ``Connection`` (or ``Session``) that the caller owns, so an
-application can append events inside its own transaction; announcing them is the caller's
-job once that transaction has committed (``EventLog.publish`` does both).
+The writing functions take a ``Connection`` in a transaction the caller owns (the writer's,
+or an application's own, see ``EventLog.publish``); announcing what they stored is the
+caller's job once that transaction has committed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Connection,
     DateTime,
+    Engine,
     Text,
     bindparam,
+    func,
     insert,
     select,
     text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
 
 from .errors import IdempotencyConflict
+from .events import EventFilter, NewEvent, StoredEvent, utc
 from .models import Counter, Event, IdempotencyKey
-from .validation import NewEvent
 
 COUNTER_ROW = 1
 
@@ -64,45 +66,11 @@ _STORE_POSTGRESQL = text(
 
 
 @dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """An event as the log holds it; ``data`` is its JSON text."""
-
-    id: int
-    stream: str
-    type: str
-    data: str
-    time: datetime
-
-    def to_json(self) -> str:
-        """The event as a JSON object, with ``data`` spliced in as stored (no re-encoding)."""
-        # stream and type are checked against [A-Za-z0-9._:-] on the way in: nothing to escape.
-        return (
-            f'{{"id":{self.id},"stream":"{self.stream}","type":"{self.type}",'
-            f'"data":{self.data},"time":"{rfc3339(self.time)}"}}'
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class Appended:
-    """The result of :func:`append`; ``replayed`` marks a repeat of an idempotent publish."""
+    """What a publish stored; ``replayed`` marks a repeat of an idempotent publish."""
 
     events: list[StoredEvent]
     replayed: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class EventFilter:
-    """Which events a query or a subscription wants: every given condition must hold.
-
-    ``after``/``before`` are exclusive ids; ``since`` is inclusive and ``until`` exclusive.
-    """
-
-    streams: tuple[str, ...] = ()
-    types: tuple[str, ...] = ()
-    after: int | None = None
-    before: int | None = None
-    since: datetime | None = None
-    until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,24 +79,6 @@ class Publish:
 
     events: Sequence[NewEvent]
     idempotency_key: str | None = None
-
-
-def append(
-    db: Connection | Session,
-    events: Sequence[NewEvent],
-    *,
-    idempotency_key: str | None = None,
-) -> Appended:
-    """Store ``events`` under consecutive ids in the caller's open transaction.
-
-    The ids become visible, and the counter's row lock is released, when the caller
-    commits; a rollback returns the ids, so the log never has a gap. Raises
-    IdempotencyConflict when the key was used for other events.
-    """
-    [outcome] = append_all(db, [Publish(events, idempotency_key)])
-    if isinstance(outcome, IdempotencyConflict):
-        raise outcome
-    return outcome
 
 
 def needs_transaction(dialect: str, publishes: Sequence[Publish]) -> bool:
@@ -140,9 +90,7 @@ def needs_transaction(dialect: str, publishes: Sequence[Publish]) -> bool:
     return dialect != "postgresql" or any(p.idempotency_key is not None for p in publishes)
 
 
-def append_all(
-    db: Connection | Session, publishes: Sequence[Publish]
-) -> list[Appended | IdempotencyConflict]:
+def append_all(conn: Connection, publishes: Sequence[Publish]) -> list[Appended | IdempotencyConflict]:
     """Store several publishes in the caller's open transaction, one outcome each.
 
     Each publish gets its own run of consecutive ids, in the order given, from a single
@@ -150,55 +98,75 @@ def append_all(
     A publish whose idempotency key was seen before gets the earlier result instead, or
     an IdempotencyConflict if it asked for other events.
     """
-    conn = db.connection() if isinstance(db, Session) else db
     now = datetime.now(UTC)
-    outcomes: list[Appended | IdempotencyConflict | None] = [None] * len(publishes)
-    fresh: list[int] = []  # the publishes that store new events, by index
-    claimed: dict[str, tuple[int, str]] = {}  # key -> (index, fingerprint) claimed by this call
-    repeats: list[tuple[int, int]] = []  # (index, index of the publish it repeats)
+    plan = _claim_keys(conn, publishes, now)
+    if plan.fresh:
+        # The counter is touched last, just before the insert, to hold its lock briefly.
+        first_id = store_events(conn, [e for i in plan.fresh for e in publishes[i].events], now)
+        _assign_ids(plan, publishes, first_id, now)
+        _record_keys(conn, plan)
+    for index, first in plan.repeats:
+        plan.outcomes[index] = Appended(_appended(plan.outcomes[first]).events, replayed=True)
+    done = [outcome for outcome in plan.outcomes if outcome is not None]
+    assert len(done) == len(publishes)
+    return done
 
+
+@dataclass(slots=True)
+class _Plan:
+    """What :func:`append_all` does with each publish, settled before the counter is touched."""
+
+    outcomes: list[Appended | IdempotencyConflict | None]
+    fresh: list[int] = field(default_factory=list)  # the publishes that store new events
+    claimed: dict[str, int] = field(default_factory=dict)  # key -> the publish that claimed it
+    repeats: list[tuple[int, int]] = field(default_factory=list)  # (publish, the one it repeats)
+
+
+def _claim_keys(conn: Connection, publishes: Sequence[Publish], now: datetime) -> _Plan:
+    """Claim each new idempotency key; settle repeats and conflicts from earlier publishes."""
+    plan = _Plan(outcomes=[None] * len(publishes))
+    fingerprints: dict[str, str] = {}  # of the keys claimed by this call
     for index, publish in enumerate(publishes):
         key = publish.idempotency_key
         if key is None:
-            fresh.append(index)
+            plan.fresh.append(index)
             continue
         fingerprint = _fingerprint(publish.events)
-        if key in claimed:
-            first, first_fingerprint = claimed[key]
-            if first_fingerprint == fingerprint:
-                repeats.append((index, first))
+        if key in plan.claimed:  # twice in one shared transaction
+            if fingerprints[key] == fingerprint:
+                plan.repeats.append((index, plan.claimed[key]))
             else:
-                outcomes[index] = _conflict()
+                plan.outcomes[index] = _conflict()
             continue
         earlier = _claim_key(conn, key, fingerprint, now)
         if earlier is None:
-            claimed[key] = (index, fingerprint)
-            fresh.append(index)
+            plan.claimed[key], fingerprints[key] = index, fingerprint
+            plan.fresh.append(index)
         else:
-            outcomes[index] = earlier
+            plan.outcomes[index] = earlier
+    return plan
 
-    if fresh:
-        # The counter is touched last, just before the insert, to hold its lock briefly.
-        next_id = store_events(conn, [e for i in fresh for e in publishes[i].events], now)
-        for index in fresh:
-            stored = [
-                StoredEvent(next_id + n, e.stream, e.type, e.data, now)
-                for n, e in enumerate(publishes[index].events)
-            ]
-            next_id += len(stored)
-            outcomes[index] = Appended(stored)
-        for key, (index, _) in claimed.items():
-            events = _appended(outcomes[index]).events
-            conn.execute(
-                update(IdempotencyKey)
-                .where(IdempotencyKey.key == key)
-                .values(first_id=events[0].id, last_id=events[-1].id)
-            )
-    for index, first in repeats:
-        outcomes[index] = Appended(_appended(outcomes[first]).events, replayed=True)
-    done = [outcome for outcome in outcomes if outcome is not None]
-    assert len(done) == len(publishes)
-    return done
+
+def _assign_ids(plan: _Plan, publishes: Sequence[Publish], first_id: int, now: datetime) -> None:
+    """Give each fresh publish its run of the ids that ``store_events`` allocated."""
+    next_id = first_id
+    for index in plan.fresh:
+        events = publishes[index].events
+        plan.outcomes[index] = Appended(
+            [StoredEvent(next_id + n, e.stream, e.type, e.data, now) for n, e in enumerate(events)]
+        )
+        next_id += len(events)
+
+
+def _record_keys(conn: Connection, plan: _Plan) -> None:
+    """Point each claimed idempotency key at the ids its publish got."""
+    for key, index in plan.claimed.items():
+        events = _appended(plan.outcomes[index]).events
+        conn.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.key == key)
+            .values(first_id=events[0].id, last_id=events[-1].id)
+        )
 
 
 def store_events(conn: Connection, events: Sequence[NewEvent], now: datetime) -> int:
@@ -231,25 +199,89 @@ def head(conn: Connection) -> int:
     return int(conn.execute(_HEAD).scalar_one())
 
 
-def query(
-    conn: Connection, where: EventFilter, *, limit: int, newest_first: bool = False
-) -> list[StoredEvent]:
-    """Up to ``limit`` events matching ``where``, in id order (or reverse id order)."""
-    stmt = (
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Events read in one go; ``more`` says whether further events may match."""
+
+    events: list[StoredEvent]
+    more: bool
+
+
+def read_page(
+    conn: Connection,
+    where: EventFilter,
+    *,
+    limit: int,
+    newest_first: bool = False,
+    max_bytes: int | None = None,
+) -> Page:
+    """Up to ``limit`` events matching ``where``, in id order (or reverse id order).
+
+    With ``max_bytes`` the page also stops at the event that takes its data past that many
+    characters (always holding at least one event), counted in SQL: a page of large events
+    never reaches this process whole.
+    """
+    order = Event.id.desc() if newest_first else Event.id
+    matching = (
         select(Event.id, Event.stream, Event.type, Event.data, Event.time)
         .where(*_conditions(where))
-        .order_by(Event.id.desc() if newest_first else Event.id)
-        .limit(limit)
+        .order_by(order)
+        .limit(limit + 1)  # one more than asked: whether it exists says if there are more
+        .subquery()
     )
-    return [
-        StoredEvent(id_, stream, type_, data, _utc(time))
-        for id_, stream, type_, data, time in conn.execute(stmt)
-    ]
+    if max_bytes is None:
+        rows = conn.execute(select(matching).order_by(_keyset(matching, newest_first))).all()
+        return Page([_stored(row) for row in rows[:limit]], more=len(rows) > limit)
+    size = func.length(matching.c.data)
+    counted = select(
+        matching,
+        (func.sum(size).over(order_by=_keyset(matching, newest_first)) - size).label("before"),
+        func.count().over().label("found"),
+    ).subquery()
+    stmt = (
+        select(*(counted.c[name] for name in _COLUMNS), counted.c.found)
+        .where(counted.c.before < max_bytes)
+        .order_by(_keyset(counted, newest_first))
+    )
+    rows = conn.execute(stmt).all()
+    found = rows[0].found if rows else 0
+    return Page([_stored(row) for row in rows[:limit]], more=found > limit or len(rows) < found)
 
 
-def rfc3339(moment: datetime) -> str:
-    """``moment`` in UTC as RFC 3339 with microseconds and a ``Z``."""
-    return _utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def pages(
+    engine: Engine,
+    where: EventFilter,
+    *,
+    size: int,
+    newest_first: bool = False,
+    max_bytes: int | None = None,
+) -> Iterator[list[StoredEvent]]:
+    """Every event matching ``where``, as keyset pages of at most ``size`` events (and
+    about ``max_bytes`` of data).
+
+    The one pager: the hub, a stream's replay and the CLI read through it. Each page
+    borrows a connection only while it is read, so a consumer that waits between pages
+    (a slow client, a paused fan-out) holds none.
+    """
+    while True:
+        with engine.connect() as conn:
+            page = read_page(conn, where, limit=size, newest_first=newest_first, max_bytes=max_bytes)
+        if page.events:
+            yield page.events
+        if not page.more or not page.events:
+            return
+        where = where.beyond(page.events[-1].id, newest_first=newest_first)
+
+
+_COLUMNS = ("id", "stream", "type", "data", "time")
+
+
+def _keyset(table: Any, newest_first: bool) -> Any:
+    return table.c.id.desc() if newest_first else table.c.id
+
+
+def _stored(row: Any) -> StoredEvent:
+    return StoredEvent(row.id, row.stream, row.type, row.data, utc(row.time))
 
 
 def _conditions(where: EventFilter) -> list[ColumnElement[bool]]:
@@ -263,9 +295,9 @@ def _conditions(where: EventFilter) -> list[ColumnElement[bool]]:
     if where.before is not None:
         conditions.append(Event.id < where.before)
     if where.since is not None:
-        conditions.append(Event.time >= where.since.astimezone(UTC))
+        conditions.append(Event.time >= where.since)
     if where.until is not None:
-        conditions.append(Event.time < where.until.astimezone(UTC))
+        conditions.append(Event.time < where.until)
     return conditions
 
 
@@ -292,11 +324,11 @@ def _claim_key(
     if earlier.fingerprint != fingerprint:
         return _conflict()
     assert earlier.first_id is not None and earlier.last_id is not None
-    events = query(
+    events = read_page(
         conn,
         EventFilter(after=earlier.first_id - 1, before=earlier.last_id + 1),
         limit=earlier.last_id - earlier.first_id + 1,
-    )
+    ).events
     return Appended(events, replayed=True)
 
 
@@ -314,8 +346,3 @@ def _fingerprint(events: Sequence[NewEvent]) -> str:
     for e in events:
         digest.update(f"{e.stream}\0{e.type}\0{e.data}\0".encode())
     return digest.hexdigest()
-
-
-def _utc(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -1,16 +1,17 @@
 """One subscriber's SSE stream: replay from SQL, then live events from the hub.
 
 ``event_stream`` is the single place where replay hands over to live delivery. It holds
-the exactly-once, in-order guarantee for its subscriber:
+the exactly-once, in-order guarantee for its subscriber, in three steps:
 
-1. register with the hub first: every id after the hub's cursor at that moment (the
-   subscription's ``position``) will be pushed into the subscriber's buffer;
-2. replay ``id > cursor`` from SQL, page by page, if the resume point is before that
+1. ``subscribe``: register with the hub first: every id after the hub's cursor at that
+   moment (the subscription's ``position``) will be pushed into the subscriber's buffer;
+2. ``replay``: send ``id > cursor`` from SQL, page by page, if the cursor is before that
    position (a live-only stream, or one resuming at or after it, asks SQL nothing);
-3. drain the buffer, skipping ids at or below the cursor (the replay already sent them).
+3. ``live``: drain the buffer, skipping ids at or below the cursor (the replay sent them).
 
-An overflowed buffer (a slow reader) goes back to step 2 from the same cursor. No database
-connection is held while the stream waits or writes: each replay page borrows one briefly.
+An overflowed buffer (a slow reader) goes back to step 2 from the same cursor. The cursor
+is the last id sent; only ``_Reader.send`` moves it. No database connection is held while
+the stream waits or writes: each replay page borrows one briefly.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from collections.abc import Callable, Iterator, Sequence
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import sse
+from . import frames, sse
+from .events import RESET_TYPE, EventFilter
 from .hub import Hub, Subscription
-from .store import EventFilter, head, query
+from .sse import Frame
+from .store import head, pages
 
 log = logging.getLogger(__name__)
 
-RESET_TYPE = "reset"
 HEARTBEAT = sse.comment("heartbeat").encode()
 
 
@@ -39,7 +41,9 @@ def event_stream(
     resume_after: int | None,
     *,
     retry_ms: int,
+    envelope: bool = False,
     page_size: int = 1000,
+    page_bytes: int = 8 * 1024 * 1024,
     client_gone: Callable[[], bool] | None = None,
 ) -> Iterator[bytes]:
     """Yield SSE bytes for events of ``streams`` (all if empty) with id > ``resume_after``.
@@ -49,6 +53,7 @@ def event_stream(
     database fails, the stream ends (after ``retry:``, if nothing was sent yet): the client
     comes back and resumes, where an error status would make EventSource give up for good.
 
+    ``envelope``: each frame's data is the whole stored event (the multi-stream endpoint).
     ``client_gone``, when the server can tell, says whether the client closed its end; it is
     asked at each heartbeat tick, so a closed idle stream ends at the first tick after the
     close. Otherwise only a failed write ends it, and TCP accepts the first write after a close.
@@ -56,43 +61,16 @@ def event_stream(
     subscription: Subscription | None = None
     started = False
     try:
-        subscription = hub.subscribe(streams)
-        # Every id after ``position`` will arrive in the buffer; the database is asked only
-        # about what lies between the resume point and that position.
-        position = subscription.position
-        cursor = position if resume_after is None else resume_after
-        newest = position
-        if cursor > position:
-            with engine.connect() as conn:
-                newest = head(conn)
+        subscription = hub.subscribe(streams, envelope=envelope)
+        reader = _Reader(engine, subscription, tuple(streams), page_size, page_bytes, client_gone)
+        reset = reader.start(resume_after)
         # The first bytes go out at once, so headers flush; by now the subscriber is
         # registered and positioned, so nothing published from here on can be missed.
         started = True
         yield sse.retry(retry_ms).encode()
-        if cursor > newest:
-            reset = json.dumps({"requested": cursor, "head": newest})
-            yield sse.encode(reset, id=newest, event=RESET_TYPE).encode()
-            cursor = newest
-        replay = cursor < position
-        while True:
-            if replay:
-                pages = _replay(engine, tuple(streams), cursor, page_size)
-                for chunk, cursor in pages:  # the cursor advances page by page
-                    yield chunk
-            while True:
-                frames, overflowed = subscription.take()
-                if overflowed:
-                    break  # dropped events: replay them from SQL, then carry on live
-                if not frames:  # the hub's tick: idle for a heartbeat interval
-                    if client_gone is not None and client_gone():
-                        return
-                    yield HEARTBEAT
-                    continue
-                fresh = [f for f in frames if f.id > cursor]
-                if fresh:
-                    cursor = fresh[-1].id
-                    yield b"".join(f.wire for f in fresh)
-            replay = True
+        if reset is not None:
+            yield reset
+        yield from reader.follow()
     except SQLAlchemyError as error:
         log.warning("ending a stream: database unavailable (%s)", type(error).__name__)
         if not started:
@@ -102,16 +80,77 @@ def event_stream(
             hub.unsubscribe(subscription)
 
 
-def _replay(
-    engine: Engine, streams: tuple[str, ...], cursor: int, page_size: int
-) -> Iterator[tuple[bytes, int]]:
-    """Pages of frames for events after ``cursor``, each with the cursor it leaves."""
-    while True:
-        with engine.connect() as conn:
-            page = query(conn, EventFilter(streams=streams, after=cursor), limit=page_size)
-        if not page:
-            return
-        cursor = page[-1].id
-        yield b"".join(sse.frame(e.id, e.type, e.data).wire for e in page), cursor
-        if len(page) < page_size:
-            return
+class _Reader:
+    """The steps of one stream after it has subscribed, around its cursor."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        subscription: Subscription,
+        streams: tuple[str, ...],
+        page_size: int,
+        page_bytes: int,
+        client_gone: Callable[[], bool] | None,
+    ) -> None:
+        self._engine = engine
+        self._subscription = subscription
+        self._streams = streams
+        self._page_size = page_size
+        self._page_bytes = page_bytes
+        self._client_gone = client_gone
+        self.cursor = subscription.position  # the last id sent (or skipped as sent)
+        self.ended = False
+
+    def start(self, resume_after: int | None) -> bytes | None:
+        """Place the cursor at the resume point; a ``reset`` frame if it lies beyond the head."""
+        position = self._subscription.position
+        if resume_after is None or resume_after <= position:
+            self.cursor = position if resume_after is None else resume_after
+            return None
+        # Every id after ``position`` will arrive in the buffer; only a resume point past it
+        # needs the database, to tell an id that is about to commit from one that never was.
+        with self._engine.connect() as conn:
+            newest = head(conn)
+        if resume_after <= newest:
+            self.cursor = resume_after
+            return None
+        self.cursor = newest
+        reset = json.dumps({"requested": resume_after, "head": newest})
+        return sse.encode(reset, id=newest, event=RESET_TYPE).encode()
+
+    def follow(self) -> Iterator[bytes]:
+        """Replay what lies before the subscription's position, then live, until the end."""
+        if self.cursor < self._subscription.position:
+            yield from self.replay()
+        while not self.ended:
+            yield from self.live()  # returns when the buffer overflowed, or the client left
+            if not self.ended:
+                yield from self.replay()
+
+    def replay(self) -> Iterator[bytes]:
+        """Everything after the cursor that is in SQL, page by page."""
+        where = EventFilter(streams=self._streams, after=self.cursor)
+        for page in pages(self._engine, where, size=self._page_size, max_bytes=self._page_bytes):
+            encoded = frames.encode(page, envelope=self._subscription.envelope)
+            yield from self.send([f for _, f in encoded], last_id=page[-1].id)
+
+    def live(self) -> Iterator[bytes]:
+        """Live events from the buffer, and heartbeats, until an overflow or the client leaves."""
+        while True:
+            pushed, overflowed = self._subscription.take()
+            if overflowed:
+                return  # dropped events: the caller replays them from SQL, then carries on
+            if not pushed:  # the hub's tick: idle for a heartbeat interval
+                if self._client_gone is not None and self._client_gone():
+                    self.ended = True
+                    return
+                yield HEARTBEAT
+                continue
+            fresh = [f for f in pushed if f.id > self.cursor]
+            if fresh:
+                yield from self.send(fresh, last_id=fresh[-1].id)
+
+    def send(self, batch: list[Frame], *, last_id: int) -> Iterator[bytes]:
+        """Write ``batch`` and move the cursor to ``last_id`` (skipped events included)."""
+        yield from frames.chunks(batch)
+        self.cursor = last_id

@@ -1,35 +1,17 @@
-"""Checks on what callers send, done before any transaction starts (bad input stores nothing)."""
+"""Publish bodies: what callers send, turned into events before any transaction starts.
+
+Bad input stores nothing: every check here runs before the database is touched.
+"""
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidRequest, PayloadTooLarge
+from .errors import EventlogError, InvalidRequest, PayloadTooLarge
+from .events import NewEvent, check_name
 from .sse import DEFAULT_TYPE  # what EventSource's onmessage receives
 
-NAME = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 EVENT_KEYS = frozenset({"type", "data"})
-
-
-@dataclass(frozen=True, slots=True)
-class NewEvent:
-    """An event accepted for publishing; ``data`` is already one-line JSON text."""
-
-    stream: str
-    type: str
-    data: str
-
-
-def check_name(value: str, what: str) -> str:
-    """Return ``value`` if it is a valid stream or type name, else raise InvalidRequest."""
-    if not NAME.fullmatch(value):
-        raise InvalidRequest(
-            f"{what} {value[:50]!r} is invalid: use 1-200 characters of A-Z a-z 0-9 . _ : -"
-        )
-    return value
 
 
 def parse_events(
@@ -37,7 +19,7 @@ def parse_events(
 ) -> tuple[list[NewEvent], bool]:
     """Turn a decoded publish body into events; the flag says whether it was a batch.
 
-    A JSON object is one event, an array is an all-or-nothing batch.
+    A JSON object (``{"type"?, "data"}``) is one event, an array is an all-or-nothing batch.
     """
     check_name(stream, "stream name")
     if isinstance(body, dict):
@@ -66,18 +48,11 @@ def _parse_event(stream: str, item: Any, max_data_bytes: int, index: int | None)
     kind = item.get("type", DEFAULT_TYPE)
     if not isinstance(kind, str):
         raise InvalidRequest(f"{where}'type' must be a string", index=index)
-    check_name(kind, f"{where}event type")
-    # ensure_ascii=False keeps the text compact; JSON escapes CR and LF inside strings,
-    # so the result is always a single SSE data line.
-    data = json.dumps(item["data"], ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     try:
-        size = len(data.encode())
-    except UnicodeEncodeError:
-        raise InvalidRequest(f"{where}'data' contains an unpaired surrogate", index=index) from None
-    if size > max_data_bytes:
-        raise PayloadTooLarge(
-            f"{where}'data' is {size} bytes as JSON; at most {max_data_bytes} are allowed",
-            index=index,
-            max_data_bytes=max_data_bytes,
-        )
-    return NewEvent(stream, kind, data)
+        return NewEvent.of(stream, item["data"], type=kind, max_data_bytes=max_data_bytes)
+    except EventlogError as error:
+        error.extensions.setdefault("index", index)
+        if where:
+            error.detail = f"{where}{error.detail}"
+            error.args = (error.detail,)
+        raise

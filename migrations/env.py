@@ -6,20 +6,20 @@ the plain ``alembic`` command (with alembic.ini) falls back to ``EVENTLOG_DATABA
 
 from __future__ import annotations
 
-import os
 from logging.config import fileConfig
 
 from alembic import context
 
-from eventlog.config import DEFAULTS
+from eventlog.config import Settings, from_environment
 from eventlog.database import make_engine
+from eventlog.migrate import VERSION_TABLE
 from eventlog.models import Base
 
 config = context.config
 if config.config_file_name:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 engine = config.attributes.get("engine") or make_engine(
-    os.environ.get("EVENTLOG_DATABASE_URL", DEFAULTS["DATABASE_URL"])
+    Settings.from_config(from_environment()).database_url
 )
 
 with engine.connect() as connection:
@@ -28,6 +28,7 @@ with engine.connect() as connection:
         target_metadata=Base.metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        version_table=VERSION_TABLE,  # beside an application's own alembic_version
     )
     with context.begin_transaction():
         context.run_migrations()

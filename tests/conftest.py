@@ -176,8 +176,17 @@ def redis_server() -> Iterator[RedisServer]:
 # --- the app in-process -------------------------------------------------------------------
 
 @pytest.fixture
-def app(database_url: str) -> Iterator[Flask]:
-    app = create_app({"DATABASE_URL": database_url, "POLL_SECONDS": 0.2, "HEARTBEAT_SECONDS": 0.2})
+def app(request: pytest.FixtureRequest, database_url: str) -> Iterator[Flask]:
+    """The standalone app on each backend; ``@pytest.mark.settings(EVENTLOG_X=...)`` adds settings."""
+    marker = request.node.get_closest_marker("settings")
+    app = create_app(
+        {
+            "EVENTLOG_DATABASE_URL": database_url,
+            "EVENTLOG_POLL_SECONDS": 0.2,
+            "EVENTLOG_HEARTBEAT_SECONDS": 0.2,
+            **(marker.kwargs if marker else {}),
+        }
+    )
     yield app
     eventlog: EventLog = app.extensions["eventlog"]
     eventlog.close()

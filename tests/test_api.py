@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from eventlog import EventLog
 
 
 def post(client: FlaskClient, body: Any, stream: str = "orders", **kwargs: Any) -> TestResponse:
@@ -89,13 +86,7 @@ BAD_PUBLISHES = [
 ]
 
 
-@pytest.fixture
-def small_limits(app: Flask) -> None:
-    eventlog: EventLog = app.extensions["eventlog"]
-    eventlog.settings = dataclasses.replace(eventlog.settings, max_data_bytes=1000, max_batch=10)
-
-
-@pytest.mark.usefixtures("small_limits")
+@pytest.mark.settings(EVENTLOG_MAX_DATA_BYTES=1000, EVENTLOG_MAX_BATCH=10)
 @pytest.mark.parametrize(("request_kwargs", "status", "detail"), BAD_PUBLISHES)
 def test_bad_publish_is_a_problem_and_stores_nothing(
     client: FlaskClient, request_kwargs: dict[str, Any], status: int, detail: str
@@ -121,7 +112,7 @@ def test_bad_stream_name_is_rejected(client: FlaskClient, stream: str) -> None:
 def test_request_body_over_the_limit_is_413(database_url: str) -> None:
     from eventlog import create_app
 
-    app = create_app({"DATABASE_URL": database_url, "MAX_REQUEST_BYTES": 100})
+    app = create_app({"EVENTLOG_DATABASE_URL": database_url, "EVENTLOG_MAX_REQUEST_BYTES": 100})
     client = app.test_client()
     response = post(client, {"data": "x" * 200})
     assert response.status_code == 413
@@ -226,9 +217,10 @@ def test_problem_details_never_leak_the_database_url(database_url: str) -> None:
     from eventlog import create_app
 
     secret_url = "postgresql+psycopg://user:hunter2@127.0.0.1:1/nowhere"
-    app = create_app({"DATABASE_URL": secret_url})
+    app = create_app({"EVENTLOG_DATABASE_URL": secret_url})
     app.testing = False  # let the error handler answer, as in production
     response = post(app.test_client(), {"data": 1})
-    assert response.status_code == 500
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
     assert "hunter2" not in response.get_data(as_text=True)
-    assert json.loads(response.get_data())["detail"] == "the server failed; see its log"
+    assert json.loads(response.get_data())["detail"] == "the database is unavailable; retry shortly"

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin
 
 import httpx
 import pytest
@@ -181,7 +181,7 @@ def audit(base: str, streams: Sequence[str] = ()) -> list[Event]:
             assert response.status_code == 200, response.text
             page = response.json()
             events.extend(page["events"])
-            url = page["next"]
+            url = None if page["next"] is None else urljoin(base, page["next"])  # a relative link
     return events
 
 
@@ -240,9 +240,14 @@ def assert_exactly_once(subscriber: Subscriber, expected: list[Event]) -> None:
             f" got {len(got)} events, want {len(want)}; duplicated {duplicated[:20]},"
             f" missing {missing[:20]}, unexpected {unexpected[:20]}, out of order {out_of_order}"
         )
-    assert [(m.event, json.loads(m.data)) for m in subscriber.messages] == [
-        (e["type"], e["data"]) for e in expected
-    ], subscriber.name
+    if subscriber.path.startswith("/events"):  # multi-stream frames carry the stored event
+        assert [(m.event, json.loads(m.data)) for m in subscriber.messages] == [
+            (e["type"], e) for e in expected
+        ], subscriber.name
+    else:
+        assert [(m.event, json.loads(m.data)) for m in subscriber.messages] == [
+            (e["type"], e["data"]) for e in expected
+        ], subscriber.name
 
 
 def wait_caught_up(
@@ -530,10 +535,11 @@ def test_redis_outage_delays_delivery_by_the_poll_and_loses_nothing(
             publish_round(6, deadline=3)
 
             redis_server.stop()
-            down = {"status": "unavailable", "database": "ok", "redis": "unreachable"}
+            degraded = {"status": "degraded", "database": "ok", "redis": "unreachable"}
             for server in (a, b):
-                # The first check after the kill already fails: no waiting for a timeout.
-                assert readiness(server) == (503, down)
+                # The first check after the kill already tells: no waiting for a timeout. Still
+                # ready: publishing works, and delivery goes on by polling.
+                assert readiness(server) == (200, degraded)
             # Only the periodic head check (1 s) carries events across processes now.
             publish_round(6, deadline=3)
 

@@ -67,9 +67,15 @@ def test_replay_then_live_across_streams(server: Server) -> None:
     ids.append(publish(server.url, "r-b", {"live": "\u2028\u0085\x0c"}, type="changed")["id"])
     wait_until(lambda: listener.ids() == ids[1:])
     listener.close()
-    assert [(m.event, json.loads(m.data)) for m in listener.messages] == [
-        ("message", 1), ("message", 2), ("changed", {"live": "\u2028\u0085\x0c"})
+    # On GET /events each frame's data is the whole stored event, so it names its stream.
+    envelopes = [json.loads(m.data) for m in listener.messages]
+    assert [(m.event, e["stream"], e["type"], e["data"]) for m, e in zip(listener.messages, envelopes)] == [
+        ("message", "r-b", "message", 1),
+        ("message", "r-a", "message", 2),
+        ("changed", "r-b", "changed", {"live": "\u2028\u0085\x0c"}),
     ]
+    assert [e["id"] for e in envelopes] == ids[1:]
+    assert all(e["time"].endswith("Z") for e in envelopes)
 
 
 def test_header_wins_over_query_parameter(server: Server) -> None:

@@ -12,7 +12,7 @@ from conftest import fresh_postgres_database
 from sqlalchemy import Engine, inspect, text
 
 from eventlog.database import make_engine
-from eventlog.migrate import current, downgrade, upgrade
+from eventlog.migrate import VERSION_TABLE, current, downgrade, upgrade
 from eventlog.models import Base
 
 
@@ -33,9 +33,9 @@ def test_upgrade_matches_models_and_downgrade_empties(empty_engine: Engine) -> N
     upgrade(empty_engine)
     assert current(empty_engine) == "0001"
     with empty_engine.connect() as conn:
-        differences = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+        differences = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True, "version_table": VERSION_TABLE}), Base.metadata)
         assert differences == []
         assert conn.execute(text("SELECT last_id FROM event_counter")).scalar_one() == 0
     downgrade(empty_engine, "base")
     assert current(empty_engine) is None
-    assert set(inspect(empty_engine).get_table_names()) <= {"alembic_version"}
+    assert set(inspect(empty_engine).get_table_names()) <= {VERSION_TABLE}

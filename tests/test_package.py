@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_public_names_are_pinned() -> None:
     assert sorted(eventlog.__all__) == [
-        "Appended", "EventFilter", "EventLog", "EventlogError", "IdempotencyConflict",
-        "InvalidRequest", "NewEvent", "PayloadTooLarge", "StoredEvent", "UnsupportedMediaType",
-        "append", "create_app", "current_eventlog", "parse_events", "query",
+        "Appended", "ConfigError", "EventFilter", "EventLog", "EventlogError", "IdempotencyConflict",
+        "InvalidRequest", "NewEvent", "Page", "PayloadTooLarge", "StoredEvent", "UnsupportedMediaType",
+        "blueprint", "create_app",
     ]
     assert all(hasattr(eventlog, name) for name in eventlog.__all__)
 

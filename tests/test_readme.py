@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from eventlog.cli import main
-from eventlog.config import DEFAULTS
+from eventlog.config import KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -21,7 +21,7 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 def test_configuration_table_lists_every_setting() -> None:
     documented = set(re.findall(r"^\| `(EVENTLOG_\w+)` \|", README, re.M))
-    settings = {f"EVENTLOG_{key}" for key in DEFAULTS}
+    settings = set(KEYS)
     options = {
         param.envvar
         for command in main.commands.values()

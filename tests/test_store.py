@@ -8,13 +8,26 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.orm import Session
 
-from eventlog import EventFilter, IdempotencyConflict, NewEvent, append, query
+from eventlog import Appended, EventFilter, IdempotencyConflict, NewEvent, StoredEvent
 from eventlog.database import make_engine
 from eventlog.models import Event
-from eventlog.store import head
+from eventlog.store import Publish, append_all, head, read_page
+
+
+def append(db: Connection | Session, events: list[NewEvent], *, idempotency_key: str | None = None) -> Appended:
+    """One publish in the caller's transaction, as ``EventLog.publish(..., session=db)`` makes it."""
+    conn = db.connection() if isinstance(db, Session) else db
+    [outcome] = append_all(conn, [Publish(events, idempotency_key)])
+    if isinstance(outcome, IdempotencyConflict):
+        raise outcome
+    return outcome
+
+
+def query(conn: Connection, where: EventFilter, *, limit: int) -> list[StoredEvent]:
+    return read_page(conn, where, limit=limit).events
 
 
 @pytest.fixture

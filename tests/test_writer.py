@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
-from eventlog import EventFilter, EventLog, IdempotencyConflict, NewEvent, query
+from eventlog import EventFilter, EventLog, IdempotencyConflict, NewEvent
+from eventlog.store import read_page
 from eventlog.database import make_engine
 from eventlog.store import Appended, Publish, append_all
 from eventlog.writer import Writer
@@ -44,7 +45,7 @@ def test_concurrent_publishes_share_transactions_and_keep_their_ids(eventlog: Ev
     event.remove(eventlog.engine, "commit", count_commit)
 
     with eventlog.engine.connect() as conn:
-        stored = {e.id: e.data for e in query(conn, EventFilter(), limit=10_000)}
+        stored = {e.id: e.data for e in read_page(conn, EventFilter(), limit=10_000).events}
     total = sum(len(r.events) for r in results)
     assert sorted(stored) == list(range(1, total + 1))
     for result in results:
@@ -79,7 +80,7 @@ def test_concurrent_retries_through_the_writer_store_once(eventlog: EventLog) ->
     with ThreadPoolExecutor(8) as pool:
         assert set(map(tuple, pool.map(retry, range(8)))) == {(1, 2, 3)}
     with eventlog.engine.connect() as conn:
-        assert len(query(conn, EventFilter(), limit=100)) == 3
+        assert len(read_page(conn, EventFilter(), limit=100).events) == 3
 
 
 def test_writer_replaces_its_connection_after_the_server_drops_it(postgres_url: str) -> None:
@@ -89,7 +90,7 @@ def test_writer_replaces_its_connection_after_the_server_drops_it(postgres_url: 
     engine = make_engine(postgres_url)
     announced: list[tuple[int, int]] = []
     writer = Writer(engine, lambda first, last: announced.append((first, last)))
-    assert writer.append(Publish(new_events("a", 1))).events[0].id == 1
+    assert writer.write(Publish(new_events("a", 1))).events[0].id == 1
     with engine.connect() as admin:
         ended = admin.execute(
             text(
@@ -99,8 +100,8 @@ def test_writer_replaces_its_connection_after_the_server_drops_it(postgres_url: 
         ).scalar_one()
     assert ended >= 1
     with pytest.raises(OperationalError):
-        writer.append(Publish(new_events("b", 1)))
-    assert writer.append(Publish(new_events("c", 2))).events[-1].id == 3
+        writer.write(Publish(new_events("b", 1)))
+    assert writer.write(Publish(new_events("c", 2))).events[-1].id == 3
     writer.close()
     engine.dispose()
     assert announced == [(1, 1), (2, 3)]

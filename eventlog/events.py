@@ -1,0 +1,172 @@
+"""The event types: what goes into the log, what comes out, and which events a reader wants.
+
+A leaf module (it imports only the pure SSE format and the errors). Each type checks its
+invariants when it is built, whatever the entry point (HTTP, the CLI, an application's own
+code), so nothing reaches the table that the hub could not send, and no filter reaches the
+database that it could not run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import InvalidRequest, PayloadTooLarge
+from .sse import DEFAULT_TYPE
+
+NAME = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+RESET_TYPE = "reset"
+"""The type of the server's own signal that a resume point could not be served exactly."""
+MAX_ID = 2**63 - 1  # ids are signed 64-bit integers in the table
+
+
+def check_name(value: str, what: str) -> str:
+    """Return ``value`` if it is a valid stream or type name, else raise InvalidRequest."""
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        shown = value[:50] if isinstance(value, str) else value
+        raise InvalidRequest(
+            f"{what} {shown!r} is invalid: use 1-200 characters of A-Z a-z 0-9 . _ : -"
+        )
+    return value
+
+
+def encode_data(value: Any, *, max_bytes: int | None = None, where: str = "") -> str:
+    """``value`` as compact one-line JSON text, refusing what JSON cannot carry.
+
+    ``ensure_ascii=False`` keeps the text compact; JSON escapes CR and LF inside strings,
+    so the result is always a single SSE data line.
+    """
+    try:
+        data = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        size = len(data.encode())
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"{where}'data' contains an unpaired surrogate") from None
+    except ValueError as error:  # NaN or infinity: not JSON
+        raise InvalidRequest(f"{where}'data' is not JSON: {error}") from None
+    except (TypeError, RecursionError):
+        raise InvalidRequest(f"{where}'data' must be made of JSON values") from None
+    if max_bytes is not None and size > max_bytes:
+        raise PayloadTooLarge(
+            f"{where}'data' is {size} bytes as JSON; at most {max_bytes} are allowed",
+            max_data_bytes=max_bytes,
+        )
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event accepted for publishing; ``data`` is its JSON text, exactly as it is sent out.
+
+    Built directly, the text is checked to be JSON; :meth:`of` encodes a Python value instead.
+    """
+
+    stream: str
+    type: str
+    data: str
+
+    def __post_init__(self) -> None:
+        check_name(self.stream, "stream name")
+        check_name(self.type, "event type")
+        if self.type == RESET_TYPE:
+            raise InvalidRequest(f"the event type {RESET_TYPE!r} is reserved for the server")
+        if not isinstance(self.data, str):
+            raise InvalidRequest("'data' must be JSON text; NewEvent.of() encodes a value")
+        try:
+            json.loads(self.data, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError):
+            raise InvalidRequest("'data' is not JSON text") from None
+
+    @classmethod
+    def of(
+        cls, stream: str, value: Any, *, type: str = DEFAULT_TYPE, max_data_bytes: int | None = None
+    ) -> NewEvent:
+        """The event with ``value`` encoded as its data (checked, but not parsed back)."""
+        check_name(stream, "stream name")
+        check_name(type, "event type")
+        if type == RESET_TYPE:
+            raise InvalidRequest(f"the event type {RESET_TYPE!r} is reserved for the server")
+        event = object.__new__(cls)
+        # The encoder's output is JSON by construction: skip __post_init__'s parse.
+        object.__setattr__(event, "stream", stream)
+        object.__setattr__(event, "type", type)
+        object.__setattr__(event, "data", encode_data(value, max_bytes=max_data_bytes))
+        return event
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as the log holds it; ``data`` is its JSON text."""
+
+    id: int
+    stream: str
+    type: str
+    data: str
+    time: datetime
+
+    def to_json(self) -> str:
+        """The event as a JSON object, with ``data`` spliced in as stored (no re-encoding)."""
+        # stream and type are checked against [A-Za-z0-9._:-] on the way in: nothing to escape.
+        return (
+            f'{{"id":{self.id},"stream":"{self.stream}","type":"{self.type}",'
+            f'"data":{self.data},"time":"{rfc3339(self.time)}"}}'
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events a query or a subscription wants: every given condition must hold.
+
+    ``after``/``before`` are exclusive ids; ``since`` is inclusive and ``until`` exclusive,
+    both kept in UTC.
+    """
+
+    streams: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    after: int | None = None
+    before: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        for stream in self.streams:
+            check_name(stream, "stream name")
+        for kind in self.types:
+            check_name(kind, "event type")
+        for name in ("after", "before"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_ID:
+                raise InvalidRequest(f"{name!r} must be an id between 0 and {MAX_ID}")
+        for name in ("since", "until"):
+            moment = getattr(self, name)
+            if moment is None:
+                continue
+            if moment.tzinfo is None:
+                raise InvalidRequest(f"{name!r} must be a time with a zone")
+            try:
+                object.__setattr__(self, name, moment.astimezone(UTC))
+            except OverflowError:
+                raise InvalidRequest(f"{name!r} is outside the years 1 to 9999 in UTC") from None
+
+    def beyond(self, event_id: int, *, newest_first: bool = False) -> EventFilter:
+        """The same filter for the events past ``event_id`` (the next keyset page)."""
+        if newest_first:
+            return dataclasses.replace(self, before=event_id)
+        return dataclasses.replace(self, after=event_id)
+
+
+def rfc3339(moment: datetime) -> str:
+    """``moment`` in UTC as RFC 3339 with microseconds and a ``Z``."""
+    return utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a naive time (SQLite hands those back) is taken as UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")

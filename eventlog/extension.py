@@ -1,0 +1,254 @@
+"""``EventLog``: the Flask extension, and the one way in to the log for writes and reads.
+
+    events = EventLog(app)               # or EventLog(), then events.init_app(app)
+    events.publish("orders", {"id": 7}, type="created")                  # commits by itself
+    events.publish("orders", {"id": 7}, type="created", session=db.session)  # in your transaction
+
+Settings come from the app's ``EVENTLOG_*`` config keys only (``config.py``). The state (the
+engine, the notifier, the hub, the writer) is kept per app in ``app.extensions["eventlog"]``,
+so one ``EventLog`` may serve several apps (it uses the current app's state, or outside an app
+context its only app's); a second ``init_app`` on the same app is refused.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from flask import Flask, current_app, has_app_context
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, scoped_session
+
+from . import migrate
+from .config import Settings
+from .database import make_engine
+from .errors import IdempotencyConflict
+from .events import EventFilter, NewEvent, StoredEvent
+from .hub import Hub
+from .notify import LocalNotifier, Notifier, RedisNotifier
+from .sse import DEFAULT_TYPE
+from .store import Appended, Page, Publish, append_all, pages, read_page
+from .stream import event_stream
+from .transaction import announce_after_commit
+from .validation import parse_events
+from .writer import Writer
+
+EXTENSION_KEY = "eventlog"
+
+DatabaseSession = Session | scoped_session[Session] | Connection
+"""What ``publish(..., session=...)`` writes in: the caller's open transaction."""
+
+
+class _State:
+    """What one app's event log runs on."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.database_url)
+        self.notifier: Notifier = (
+            RedisNotifier(settings.redis_url, settings.redis_channel)
+            if settings.redis_url
+            else LocalNotifier()
+        )
+        self.hub = Hub(
+            self.engine,
+            self.notifier,
+            poll_seconds=settings.poll_seconds,
+            fanout_seconds=settings.fanout_seconds,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            buffer=settings.subscriber_buffer,
+            buffer_bytes=settings.subscriber_buffer_bytes,
+            page_bytes=settings.page_bytes,
+        )
+        self.writer = Writer(self.engine, self.notifier.announce)
+
+    def close(self) -> None:
+        self.hub.stop()
+        self.notifier.close()
+        self.writer.close()
+        self.engine.dispose()
+
+
+class EventLog:
+    """The event log of a Flask app: publish (store, then announce), read and stream."""
+
+    def __init__(self, app: Flask | None = None) -> None:
+        self._states: weakref.WeakKeyDictionary[Flask, _State] = weakref.WeakKeyDictionary()
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Set the log up for ``app``: check its settings and add ``flask eventlog``."""
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                "EventLog is already registered on this app; create it once and import it"
+                " where it is needed"
+            )
+        self._states[app] = _State(Settings.from_config(app.config))
+        app.extensions[EXTENSION_KEY] = self
+        from .cli import flask_group  # the CLI builds on this module
+
+        app.cli.add_command(flask_group)
+
+    # --- what the log runs on ----------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        return self._state().settings
+
+    @property
+    def engine(self) -> Engine:
+        return self._state().engine
+
+    @property
+    def hub(self) -> Hub:
+        return self._state().hub
+
+    @property
+    def notifier(self) -> Notifier:
+        return self._state().notifier
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def publish(
+        self,
+        stream: str,
+        data: Any,
+        *,
+        type: str = DEFAULT_TYPE,
+        session: DatabaseSession | None = None,
+        idempotency_key: str | None = None,
+    ) -> StoredEvent:
+        """Publish one event, checked exactly as over HTTP; return it with its id.
+
+        Without ``session`` it is committed and announced on return. With one (a SQLAlchemy
+        ``Session``, a ``scoped_session`` such as Flask-SQLAlchemy's ``db.session``, or a
+        ``Connection``) it is written in that open transaction, its id known at once, and
+        announced only after that transaction commits; a rollback stores nothing.
+        """
+        return self.publish_batch(
+            stream, [{"type": type, "data": data}], session=session, idempotency_key=idempotency_key
+        )[0]
+
+    def publish_batch(
+        self,
+        stream: str,
+        events: Sequence[Mapping[str, Any]],
+        *,
+        session: DatabaseSession | None = None,
+        idempotency_key: str | None = None,
+    ) -> list[StoredEvent]:
+        """Publish ``[{"type"?, "data"}, ...]`` all or nothing, under consecutive ids."""
+        settings = self.settings
+        parsed, _ = parse_events(
+            stream,
+            list(events),
+            max_data_bytes=settings.max_data_bytes,
+            max_batch=settings.max_batch,
+        )
+        return self.append(parsed, session=session, idempotency_key=idempotency_key).events
+
+    def append(
+        self,
+        events: Sequence[NewEvent],
+        *,
+        session: DatabaseSession | None = None,
+        idempotency_key: str | None = None,
+    ) -> Appended:
+        """Store already-checked events; raises IdempotencyConflict for a reused key."""
+        state = self._state()
+        if session is None:
+            return state.writer.write(Publish(events, idempotency_key))
+        connection, announce_later = announce_after_commit(session, state.notifier)
+        [outcome] = append_all(connection, [Publish(events, idempotency_key)])
+        if isinstance(outcome, IdempotencyConflict):
+            raise outcome
+        if not outcome.replayed:
+            announce_later(outcome.events[0].id, outcome.events[-1].id)
+        return outcome
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def page(self, where: EventFilter, *, limit: int, newest_first: bool = False) -> Page:
+        """One page of the audit query (at most ``limit`` events, and about
+        ``EVENTLOG_PAGE_BYTES`` of data)."""
+        state = self._state()
+        with state.engine.connect() as conn:
+            return read_page(
+                conn, where, limit=limit, newest_first=newest_first, max_bytes=state.settings.page_bytes
+            )
+
+    def events(self, where: EventFilter, *, newest_first: bool = False) -> Iterator[StoredEvent]:
+        """Every event matching ``where``, read page by page (for exports and the CLI)."""
+        state = self._state()
+        for page in pages(
+            state.engine, where, size=1000, newest_first=newest_first, max_bytes=state.settings.page_bytes
+        ):
+            yield from page
+
+    def stream(
+        self,
+        streams: Sequence[str],
+        resume_after: int | None,
+        *,
+        envelope: bool = False,
+        client_gone: Callable[[], bool] | None = None,
+    ) -> Iterator[bytes]:
+        """The SSE bytes of a live stream with replay (see ``stream.event_stream``)."""
+        state = self._state()
+        return event_stream(
+            state.engine,
+            state.hub,
+            streams,
+            resume_after,
+            retry_ms=state.settings.retry_ms,
+            envelope=envelope,
+            page_bytes=state.settings.page_bytes,
+            client_gone=client_gone,
+        )
+
+    def readiness(self) -> dict[str, str]:
+        """What answers: ``database`` and, when configured, ``redis`` ("ok" or "unreachable")."""
+        state = self._state()
+        checks: dict[str, str] = {}
+        try:
+            with state.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except SQLAlchemyError:
+            checks["database"] = "unreachable"
+        if isinstance(state.notifier, RedisNotifier):
+            checks["redis"] = "ok" if state.notifier.ping() else "unreachable"
+        return checks
+
+    # --- schema ------------------------------------------------------------------------------
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Apply eventlog's migrations (version table ``eventlog_alembic_version``)."""
+        migrate.upgrade(self.engine, revision)
+
+    def revision(self) -> str | None:
+        """The schema revision of eventlog's tables, or None before the first upgrade."""
+        return migrate.current(self.engine)
+
+    def close(self) -> None:
+        """Stop the hub, send pending announcements, close database connections."""
+        self._state().close()
+
+    def _state(self) -> _State:
+        """The current app's state; outside an app context, the only app's."""
+        if has_app_context():
+            state = self._states.get(current_app._get_current_object())  # type: ignore[attr-defined]
+            if state is not None:
+                return state
+        if len(self._states) == 1:
+            return next(iter(self._states.values()))
+        raise RuntimeError("no app context: use this EventLog inside one of its apps' contexts")
+
+
+def current_eventlog() -> EventLog:
+    """The EventLog of the current app (for eventlog's own views and commands)."""
+    extension: EventLog = current_app.extensions[EXTENSION_KEY]
+    return extension
