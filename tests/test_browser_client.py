@@ -1,0 +1,174 @@
+"""eventlog.js in real Chromium against a real ``eventlog serve``.
+
+The test page (fulfilled by Playwright at the proxy's origin) loads ``/eventlog.js`` through
+the proxy, subscribes to the streams in its URL and records every delivered event in
+``window.received``, and also in sessionStorage, so that the record survives reloads.
+Events are published straight to the server, never through the proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from browser_harness import (  # noqa: F401 (browser, server and proxy are fixtures)
+    WAIT_MS,
+    CuttableProxy,
+    Publisher,
+    browser,
+    proxy,
+    server,
+    wait_for_page,
+    wait_for_subscribers,
+)
+from conftest import Server
+from helpers import publish, wait_until
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, Page, Route
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(os.environ.get("EVENTLOG_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+OUTAGE = 5.0  # seconds of 502s, then refused connections
+TYPES = (None, "created", "never.listened.for", "paid")  # the page names none of them
+
+CLIENT_PAGE = """<!doctype html>
+<meta charset="utf-8">
+<title>eventlog.js test</title>
+<script src="/eventlog.js"></script>
+<script>
+  const params = new URLSearchParams(location.search);
+  window.received = JSON.parse(sessionStorage.getItem("test-record") || "[]");
+  window.errors = [];
+  window.sub = eventlog.subscribe(params.getAll("stream"), (event) => {
+    window.received.push({id: event.id, stream: event.stream, type: event.type, data: event.data});
+    sessionStorage.setItem("test-record", JSON.stringify(window.received));
+  }, {maxRetry: 1000, onError: (error) => window.errors.push(error.status)});
+</script>
+"""
+
+EVENTSOURCE_PAGE = """<!doctype html>
+<meta charset="utf-8">
+<title>plain EventSource</title>
+<script>
+  window.received = [];
+  window.source = new EventSource("/events?stream=" + new URLSearchParams(location.search).get("stream"));
+  window.source.onmessage = (event) => window.received.push(JSON.parse(event.data).id);
+</script>
+"""
+
+
+@pytest.fixture
+def context(browser: Browser, proxy: CuttableProxy) -> Iterator[BrowserContext]:
+    """A fresh browser context with the test pages at the proxy's origin."""
+    context = browser.new_context()
+    pages = {"client-page": CLIENT_PAGE, "eventsource-page": EVENTSOURCE_PAGE}
+
+    def serve(route: Route) -> None:
+        name = route.request.url.split("?")[0].rsplit("/", 1)[-1]
+        route.fulfill(status=200, content_type="text/html; charset=utf-8", body=pages[name])
+
+    # A regex, not a Python predicate: matched in the driver, so the page's own requests never
+    # wait for this thread.
+    context.route(re.compile(rf"^{re.escape(proxy.url)}/(client|eventsource)-page(\?.*)?$"), serve)
+    yield context
+    context.close()
+
+
+def open_client(context: BrowserContext, proxy: CuttableProxy, *streams: str) -> Page:
+    page = context.new_page()
+    query = "&".join(f"stream={s}" for s in streams)
+    page.goto(f"{proxy.url}/client-page?{query}")
+    return page
+
+
+def received(page: Page) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = page.evaluate("window.received")
+    return result
+
+
+def wait_for_event(page: Page, event_id: int) -> None:
+    """Wait until the page has delivered event ``event_id`` (or a later one)."""
+    wait_for_page(
+        page, "id => window.received.length > 0 && window.received.at(-1).id >= id",
+        f"event {event_id}", event_id,
+    )
+
+
+def wait_for_more(page: Page, count: int) -> None:
+    """Wait until the page has delivered ``count`` more events than now."""
+    target = len(received(page)) + count
+    wait_for_page(page, "n => window.received.length >= n", f"{target} events", target)
+
+
+def as_delivered(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stored events as the page records them."""
+    return [{k: e[k] for k in ("id", "stream", "type", "data")} for e in events]
+
+
+def test_reloads_in_a_burst_deliver_every_event_once_in_order(
+    server: Server, proxy: CuttableProxy, context: BrowserContext
+) -> None:
+    """Three reloads in the middle of a burst of events of types the page never names: the
+    page's record holds every event once, in order (position kept whatever the type)."""
+    stream = "client-reload"
+    page = open_client(context, proxy, stream)
+    wait_for_subscribers(server, 1)
+    publisher = Publisher(server.url, stream, first=0, types=TYPES)
+    try:
+        for _ in range(3):
+            wait_for_more(page, 5)
+            page.reload()
+            wait_for_page(page, "() => window.sub !== undefined", "the reloaded page")
+        wait_for_more(page, 5)
+    finally:
+        published = publisher.stop()
+    published.append(publish(server.url, stream, {"n": "last"}, type="created"))
+    wait_for_event(page, published[-1]["id"])
+    assert len({e["type"] for e in published}) == len(TYPES)
+    assert received(page) == as_delivered(published)
+    wait_for_subscribers(server, 1)  # each page that went away let go of its connection
+
+
+def test_recovers_from_502s_and_refusals_where_eventsource_gives_up(
+    server: Server, proxy: CuttableProxy, context: BrowserContext
+) -> None:
+    """For five seconds the proxy answers 502, then refuses connections, while events are
+    published. eventlog.js comes back by itself and misses nothing; a plain EventSource on the
+    same proxy gives up at the first 502 (so the proxy really bites)."""
+    stream = "client-502"
+    page = open_client(context, proxy, stream)
+    plain = context.new_page()
+    plain.goto(f"{proxy.url}/eventsource-page?stream={stream}")
+    wait_for_subscribers(server, 2)
+    published = [publish(server.url, stream, {"n": n}) for n in range(3)]
+    wait_for_event(page, published[-1]["id"])
+    wait_for_page(plain, "n => window.received.length === n", "the EventSource's events", 3)
+
+    proxy.bad_gateway()
+    published += [publish(server.url, stream, {"n": n}) for n in range(3, 6)]
+    time.sleep(OUTAGE / 2)
+    # Both pages met a 502, and eventlog.js came back for more.
+    assert proxy.bad_gateways >= 3
+    proxy.cut(refuse=True)
+    published += [publish(server.url, stream, {"n": n}) for n in range(6, 9)]
+    time.sleep(OUTAGE / 2)
+    assert proxy.refused >= 1
+    proxy.resume()
+    published += [publish(server.url, stream, {"n": n}) for n in range(9, 12)]
+
+    wait_for_event(page, published[-1]["id"])
+    assert received(page) == as_delivered(published)
+    assert 502 in page.evaluate("window.errors")
+    # EventSource: closed for good (readyState 2) after the 502, with only the first events.
+    assert plain.evaluate("window.source.readyState") == 2
+    assert plain.evaluate("window.received") == [e["id"] for e in published[:3]]
+    wait_for_subscribers(server, 1)
