@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 from browser_harness import (  # noqa: F401 (browser, server and proxy are fixtures)
     WAIT_MS,
@@ -172,3 +173,53 @@ def test_recovers_from_502s_and_refusals_where_eventsource_gives_up(
     assert plain.evaluate("window.source.readyState") == 2
     assert plain.evaluate("window.received") == [e["id"] for e in published[:3]]
     wait_for_subscribers(server, 1)
+
+
+def test_twelve_tabs_share_one_connection_and_survive_the_leader_closing(
+    server: Server, proxy: CuttableProxy, context: BrowserContext
+) -> None:
+    """Twelve tabs on the same streams hold one server connection; closing the leader tab
+    mid-burst hands it to another, and every remaining tab gets every event once, in order."""
+    stream = "client-tabs"
+    tabs = [open_client(context, proxy, stream) for _ in range(12)]
+    for tab in tabs:
+        wait_for_page(tab, "() => window.sub !== undefined", "the tab's subscription")
+    first = publish(server.url, stream, {"n": "first"})
+    for tab in tabs:
+        wait_for_event(tab, first["id"])
+    assert httpx.get(f"{server.url}/healthz", timeout=5).json()["subscribers"] == 1
+    leaders = [tab for tab in tabs if tab.evaluate("window.sub.leader")]
+    assert len(leaders) == 1
+
+    publisher = Publisher(server.url, stream, first=0)
+    try:
+        wait_for_more(tabs[-1], 5)
+        leaders[0].close()
+        tabs.remove(leaders[0])
+        wait_for_more(tabs[-1], 5)
+    finally:
+        published = [first, *publisher.stop()]
+    published.append(publish(server.url, stream, {"n": "last"}))
+    for tab in tabs:
+        wait_for_event(tab, published[-1]["id"])
+        assert received(tab) == as_delivered(published)
+    assert sum(tab.evaluate("window.sub.leader") for tab in tabs) == 1
+    wait_for_subscribers(server, 1)
+
+
+def test_each_event_carries_its_stream_in_every_tab(
+    server: Server, proxy: CuttableProxy, context: BrowserContext
+) -> None:
+    """Two tabs on three streams (one shared connection): each event arrives with its stream."""
+    streams = ["client-a", "client-b", "client-c"]
+    tabs = [open_client(context, proxy, *streams), open_client(context, proxy, *reversed(streams))]
+    for tab in tabs:
+        wait_for_page(tab, "() => window.sub !== undefined", "the tab's subscription")
+    wait_for_subscribers(server, 1)  # the order of the streams does not matter
+    published = [publish(server.url, streams[n % 3], {"n": n}, type=TYPES[n % 4]) for n in range(9)]
+    publish(server.url, "client-other", {"n": "not subscribed"})
+    published.append(publish(server.url, streams[0], {"n": "last"}))
+    for tab in tabs:
+        wait_for_event(tab, published[-1]["id"])
+        assert received(tab) == as_delivered(published)
+        assert {e["stream"] for e in received(tab)} == set(streams)
