@@ -94,7 +94,11 @@ def count(engine: Engine, policy: Policy) -> int:
         for n, step in enumerate(passes):
             # An event both passes want counts once: in the first that wants it.
             earlier = [~and_(p.where, Event.id <= p.through) for p in passes[:n]]
-            query = select(func.count()).select_from(Event).where(step.where, Event.id <= step.through, *earlier)
+            query = (
+                select(func.count())
+                .select_from(Event)
+                .where(step.where, Event.id <= step.through, *earlier)
+            )
             total += int(conn.execute(query).scalar_one())
     return total
 
@@ -268,7 +272,7 @@ class Pruner:
             try:
                 deleted = prune(self._engine, self._policy, stop=self._stop)
             except SQLAlchemyError as error:
-                log.warning("pruning failed (%s); retrying in %s s", type(error).__name__, self._interval)
+                log.warning("pruning failed (%s); retrying in %g s", type(error).__name__, self._interval)
             except Exception:  # a bug must not end retention for the process
                 log.exception("pruning failed; retrying later")
             else:
