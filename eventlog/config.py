@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,8 @@ from sqlalchemy.exc import ArgumentError
 from .errors import ConfigError
 
 PREFIX = "EVENTLOG_"
+MIN_SECRET_BYTES = 32  # HS256 with a shorter key is guessable offline (RFC 7518 §3.2)
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 def _setting(default: Any, *, zero: bool = False) -> Any:
@@ -47,6 +50,12 @@ class Settings:
     subscriber_buffer: int = 1000
     subscriber_buffer_bytes: int = 8 * 1024 * 1024
     page_bytes: int = 8 * 1024 * 1024
+    jwt_secret: str = ""
+    jwt_public_key: str = ""
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    jwt_cookie: str = "eventlog_token"
+    cors_origins: str = ""
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -56,7 +65,18 @@ class Settings:
             for field in dataclasses.fields(cls)
         }
         values["database_url"] = _database_url(values["database_url"])
+        if values["jwt_secret"] and len(values["jwt_secret"].encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"{key_of('jwt_secret')} must be at least {MIN_SECRET_BYTES} bytes"
+                " (e.g. the output of `openssl rand -hex 32`)"
+            )
+        values["cors_origins"] = _origins(values["cors_origins"])
         return cls(**values)
+
+    @property
+    def origins(self) -> frozenset[str]:
+        """The origins allowed to call from a browser (``EVENTLOG_CORS_ORIGINS``)."""
+        return frozenset(self.cors_origins.split(",")) if self.cors_origins else frozenset()
 
 
 def key_of(name: str) -> str:
@@ -112,3 +132,15 @@ def _database_url(raw: str) -> str:
     if url.get_backend_name() not in ("sqlite", "postgresql"):
         raise ConfigError(f"{key}: eventlog runs on SQLite or PostgreSQL, not {url.get_backend_name()}")
     return url.render_as_string(hide_password=False)
+
+
+def _origins(raw: str) -> str:
+    """Check a comma-separated list of exact origins; return it without spaces."""
+    origins = [o.strip().lower() for o in raw.split(",") if o.strip()]
+    for origin in origins:
+        if not _ORIGIN.fullmatch(origin):
+            raise ConfigError(
+                f"{key_of('cors_origins')}: {origin[:80]!r} is not an origin; list exact origins"
+                " such as https://app.example.com (no '*', no path)"
+            )
+    return ",".join(origins)

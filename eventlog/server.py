@@ -3,6 +3,7 @@ greenlet (a few kilobytes), not a thread."""
 
 from __future__ import annotations
 
+import logging
 import resource
 import socket
 import warnings
@@ -31,11 +32,17 @@ class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type h
         # Imported here, in the worker, after gevent has patched the standard library.
         from .app import create_app
 
+        # eventlog's own messages at the chosen level too, beside gunicorn's.
+        logging.basicConfig(level=self.cfg.loglevel.upper(), format="%(levelname)s %(name)s: %(message)s")
         return with_client_check(create_app().wsgi_app)
 
 
-def serve(host: str, port: int, workers: int, connections: int) -> None:
-    """Run the server in the foreground until it is told to stop."""
+def serve(
+    host: str, port: int, workers: int, connections: int, *, log_level: str = "info",
+    access_log: bool = False,
+) -> None:
+    """Run the server in the foreground until it is told to stop; ``access_log`` writes a
+    line per request to stderr."""
     _raise_open_file_limit(connections + 100)
     # The worker patches the standard library after the fork, once this process has imported
     # redis; the only module that kept unpatched ssl names is redis.asyncio, which is unused.
@@ -55,16 +62,21 @@ def serve(host: str, port: int, workers: int, connections: int) -> None:
             # evenly among them. On one shared socket, whichever worker woke first took the
             # connection: 687 of 1,000 subscribers landed on one of two workers.
             "reuse_port": workers > 1,
+            "loglevel": log_level,
+            "accesslog": "-" if access_log else None,
         }
     ).run()
 
 
 def with_client_check(app: WSGIApplication) -> WSGIApplication:
     """Wrap ``app`` so each request's environ holds a check of whether its client has gone
-    (under ``api.CLIENT_GONE``), from the socket gunicorn hands over as ``gunicorn.socket``."""
+    (under ``api.CLIENT_GONE``), from the socket gunicorn hands over as ``gunicorn.socket``,
+    and no longer holds a token given in its URL (gunicorn's access log reads the environ)."""
     from .api import CLIENT_GONE
+    from .http_auth import take_url_tokens
 
     def wrapped(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        take_url_tokens(environ)
         client = environ.get("gunicorn.socket")
         if client is not None:
             environ[CLIENT_GONE] = _closed_by_peer(client)
