@@ -76,6 +76,9 @@ def _keep_tokens_out_of_urls() -> None:
     tokens = take_url_tokens(request.environ)
     if not tokens:
         return
+    # The request read its query string from the environ when it was built; args, url and
+    # full_path all derive from this copy.
+    request.query_string = request.environ["QUERY_STRING"].encode("latin-1")
     if not _is_live_request():
         raise InvalidRequest(
             f"{URL_TOKEN} in the URL is accepted on live streams only (Accept: text/event-stream);"

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from .config import Settings, key_of
-from .errors import ConfigError, Forbidden, Unauthorized
+from .errors import ConfigError, Forbidden, InvalidRequest, Unauthorized
 
 CLAIM = "eventlog"
 EVERY_STREAM = "*"
@@ -158,7 +158,10 @@ class TokenAuth:
         if ttl <= 0:
             raise ConfigError("a token's lifetime must be positive")
         rights = {"publish": list(publish), "subscribe": list(subscribe)}
-        _rights(rights)  # refuse to sign a claim that verify() would refuse
+        try:
+            _rights(rights)  # refuse to sign a claim that verify() would refuse
+        except Unauthorized as error:
+            raise InvalidRequest(error.detail) from None
         now = int(time.time())
         claims: dict[str, Any] = {CLAIM: rights, "iat": now, "exp": now + max(1, round(ttl))}
         if subject is not None:
