@@ -69,7 +69,7 @@ class Stream:
             return messages
         for chunk in self._chunks:
             messages.extend(self._decoder.feed(chunk))
-            if until(messages):
+            if messages and until(messages):
                 break
         return messages
 
