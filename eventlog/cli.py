@@ -120,8 +120,7 @@ def serve(
         auth = TokenAuth.from_settings(settings)  # reads the key file: a bad one stops us here
     except ConfigError as error:
         raise click.ClickException(error.detail) from None
-    if auth is None:
-        _check_open_access(host, port, insecure)
+    warning = None if auth is not None else _open_access_warning(host, port, insecure)
     if workers > 1 and not settings.redis_url:
         click.echo(
             "note: without EVENTLOG_REDIS_URL each worker learns of the others' events"
@@ -142,25 +141,25 @@ def serve(
     step = "upgrade" if migrate else "check"
     if subprocess.run([sys.executable, "-P", "-m", "eventlog", "db", step]).returncode != 0:
         sys.exit(1)
+    if warning is not None:
+        click.echo(warning, err=True)  # once, now that the server is about to start
     run_server(host, port, workers, connections, log_level=log_level, access_log=access_log)
 
 
-def _check_open_access(host: str, port: int, insecure: bool) -> None:
-    """Refuse to serve an open API beyond this machine, unless told the network is trusted."""
+def _open_access_warning(host: str, port: int, insecure: bool) -> str:
+    """What to say about serving without a key; refuse beyond loopback unless ``insecure``."""
     keys = f"{key_of('jwt_secret')} or {key_of('jwt_public_key')}"
     if _is_loopback(host):
-        click.echo(
+        return (
             f"note: no {keys}: anyone on this machine may publish to and read every stream"
-            f" at {host}:{port}",
-            err=True,
+            f" at {host}:{port}"
         )
-    elif insecure:
-        click.echo(f"warning: serving {host}:{port} without access control (--insecure)", err=True)
-    else:
-        raise click.ClickException(
-            f"refusing to serve {host or 'every address'}:{port} without access control: set {keys},"
-            " or pass --insecure (EVENTLOG_INSECURE=1) on a trusted network behind a gateway"
-        )
+    if insecure:
+        return f"warning: serving {host}:{port} without access control (--insecure)"
+    raise click.ClickException(
+        f"refusing to serve {host or 'every address'}:{port} without access control: set {keys},"
+        " or pass --insecure (EVENTLOG_INSECURE=1) on a trusted network behind a gateway"
+    )
 
 
 def _is_loopback(host: str) -> bool:

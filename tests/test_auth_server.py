@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from auth_tokens import AUDIENCE, SECRET, claims, forged, hs256
-from conftest import EVENTLOG_BIN, Server, empty_postgres, server_env, url_of
+from conftest import EVENTLOG_BIN, Server, server_env
 from helpers import free_port, wait_until
 
 from eventlog.database import make_engine
@@ -24,22 +24,10 @@ SSE = {"Accept": "text/event-stream"}
 AUTH = {"JWT_SECRET": SECRET, "JWT_AUDIENCE": AUDIENCE, "HEARTBEAT_SECONDS": 15, "RETRY_MS": 500}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        database = f"sqlite:///{tmp_path / 'eventlog.db'}"
-        engine = make_engine(database)
-        upgrade(engine)
-        engine.dispose()
-        return database
-    engine = request.getfixturevalue("postgres_engine")
-    empty_postgres(engine)
-    return url_of(engine)
-
-
 @pytest.fixture
-def server(start_server: Callable[..., Server], url: str) -> Server:
-    return start_server(url, **AUTH)
+def server(start_server: Callable[..., Server], database_url: str) -> Server:
+    """A server with a secret, on each backend."""
+    return start_server(database_url, **AUTH)
 
 
 def bearer(token: str) -> dict[str, str]:
