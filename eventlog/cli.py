@@ -21,6 +21,7 @@ from flask.cli import ScriptInfo
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import body as strict_json
 from .app import create_app
 from .config import Settings, from_environment, key_of
 from .errors import ConfigError, EventlogError
@@ -162,8 +163,8 @@ def check() -> None:
 def publish(stream: str, data: str, type_: str) -> None:
     """Publish one event to STREAM; DATA is JSON (e.g. '{"id": 7}'). Prints the stored event."""
     try:
-        value = json.loads(data)
-    except ValueError as error:
+        value = strict_json.loads(data)
+    except (ValueError, RecursionError) as error:
         raise click.BadParameter(f"not JSON: {error}", param_hint="DATA") from None
     click.echo(current_eventlog().publish(stream, value, type=type_).to_json())
 

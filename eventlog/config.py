@@ -23,6 +23,11 @@ from sqlalchemy.exc import ArgumentError
 from .errors import ConfigError
 
 PREFIX = "EVENTLOG_"
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
+"""The names a loopback-only server answers to by default (any port). Not ``[::1]``:
+Werkzeug's host check cuts each allowed name at its first colon, so no entry can match an
+IPv6 literal; reach an IPv6 loopback server as ``localhost``."""
+ANY_HOST = "*"
 
 
 def _setting(default: Any, *, zero: bool = False) -> Any:
@@ -47,6 +52,13 @@ class Settings:
     subscriber_buffer: int = 1000
     subscriber_buffer_bytes: int = 8 * 1024 * 1024
     page_bytes: int = 8 * 1024 * 1024
+    request_timeout_seconds: float = 60.0
+    allowed_hosts: str = ",".join(LOOPBACK_HOSTS)
+
+    def trusted_hosts(self) -> list[str] | None:
+        """``allowed_hosts`` as Flask's ``TRUSTED_HOSTS``: None (any host) for ``*``."""
+        hosts = [host.strip() for host in self.allowed_hosts.split(",") if host.strip()]
+        return None if ANY_HOST in hosts else hosts
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -56,6 +68,8 @@ class Settings:
             for field in dataclasses.fields(cls)
         }
         values["database_url"] = _database_url(values["database_url"])
+        if not values["allowed_hosts"].strip(", "):
+            raise ConfigError(f"{key_of('allowed_hosts')} is empty; name the hosts, or * for any")
         return cls(**values)
 
 
