@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import EVENTLOG_BIN, Server, empty_postgres, server_env, url_of
+from conftest import EVENTLOG_BIN, Server, empty_postgres, server_env, sqlite_database, url_of
 from helpers import Listener, free_port, publish, wait_until
 from sqlalchemy import Engine, text
 
@@ -26,10 +26,7 @@ SSE = {"Accept": "text/event-stream"}
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server per backend for the module; tests use streams of their own."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('live') / 'eventlog.db'}"
-        engine = make_engine(url)
-        upgrade(engine)
-        engine.dispose()
+        url = sqlite_database(tmp_path_factory.mktemp("live"))
     else:
         engine = request.getfixturevalue("postgres_engine")
         empty_postgres(engine)
