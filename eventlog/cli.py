@@ -8,7 +8,6 @@ database) is one line naming the setting or the command to run, with exit status
 from __future__ import annotations
 
 import functools
-import json
 import os
 import subprocess
 import sys
@@ -82,7 +81,11 @@ def flask_group() -> None:
 
 
 @main.command()
-@click.option("--host", envvar="EVENTLOG_HOST", show_envvar=True, default="127.0.0.1", help="Address to listen on.")
+@click.option(
+    "--host", envvar="EVENTLOG_HOST", show_envvar=True, default="127.0.0.1",
+    help="Address to listen on. On a loopback address only the Host names localhost and 127.0.0.1"
+    " are answered, elsewhere any (unless EVENTLOG_ALLOWED_HOSTS is set).",
+)
 @click.option("--port", envvar="EVENTLOG_PORT", show_envvar=True, default=8000, type=int, help="Port to listen on.")
 @click.option(
     "--workers", envvar="EVENTLOG_WORKERS", show_envvar=True, default=1, type=click.IntRange(1),
