@@ -8,10 +8,8 @@ database) is one line naming the setting or the command to run, with exit status
 from __future__ import annotations
 
 import functools
-import ipaddress
-import json
-import re
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,9 +21,10 @@ from flask.cli import ScriptInfo
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import body as strict_json
 from .app import create_app
 from .auth import Rights, TokenAuth
-from .config import Settings, from_environment, key_of
+from .config import Settings, from_environment, is_loopback, key_of
 from .errors import ConfigError, EventlogError
 from .events import EventFilter
 from .extension import EXTENSION_KEY, EventLog, current_eventlog
@@ -84,7 +83,11 @@ def flask_group() -> None:
 
 
 @main.command()
-@click.option("--host", envvar="EVENTLOG_HOST", show_envvar=True, default="127.0.0.1", help="Address to listen on.")
+@click.option(
+    "--host", envvar="EVENTLOG_HOST", show_envvar=True, default="127.0.0.1",
+    help="Address to listen on. On a loopback address only the Host names localhost and 127.0.0.1"
+    " are answered, elsewhere any (unless EVENTLOG_ALLOWED_HOSTS is set).",
+)
 @click.option("--port", envvar="EVENTLOG_PORT", show_envvar=True, default=8000, type=int, help="Port to listen on.")
 @click.option(
     "--workers", envvar="EVENTLOG_WORKERS", show_envvar=True, default=1, type=click.IntRange(1),
@@ -149,7 +152,7 @@ def serve(
 def _open_access_warning(host: str, port: int, insecure: bool) -> str:
     """What to say about serving without a key; refuse beyond loopback unless ``insecure``."""
     keys = f"{key_of('jwt_secret')} or {key_of('jwt_public_key')}"
-    if _is_loopback(host):
+    if is_loopback(host):
         return (
             f"note: no {keys}: anyone on this machine may publish to and read every stream"
             f" at {host}:{port}"
@@ -160,15 +163,6 @@ def _open_access_warning(host: str, port: int, insecure: bool) -> str:
         f"refusing to serve {host or 'every address'}:{port} without access control: set {keys},"
         " or pass --insecure (EVENTLOG_INSECURE=1) on a trusted network behind a gateway"
     )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve to anything
 
 
 @click.group()
@@ -217,8 +211,8 @@ TOKEN_HELP = (
 def publish(stream: str, data: str, type_: str, token: str | None) -> None:
     """Publish one event to STREAM; DATA is JSON (e.g. '{"id": 7}'). Prints the stored event."""
     try:
-        value = json.loads(data)
-    except ValueError as error:
+        value = strict_json.loads(data)
+    except (ValueError, RecursionError) as error:
         raise click.BadParameter(f"not JSON: {error}", param_hint="DATA") from None
     rights = _token_rights(token)
     if rights is not None:

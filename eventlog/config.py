@@ -13,6 +13,7 @@ process at start with a message naming the key instead of failing on some later 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -26,6 +27,11 @@ from .errors import ConfigError
 PREFIX = "EVENTLOG_"
 MIN_SECRET_BYTES = 32  # HS256 with a shorter key is guessable offline (RFC 7518 §3.2)
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
+"""The names a loopback-only server answers to by default (any port). Not ``[::1]``:
+Werkzeug's host check cuts each allowed name at its first colon, so no entry can match an
+IPv6 literal; reach an IPv6 loopback server as ``localhost``."""
+ANY_HOST = "*"
 
 
 def _setting(default: Any, *, zero: bool = False) -> Any:
@@ -56,6 +62,13 @@ class Settings:
     jwt_issuer: str = ""
     jwt_cookie: str = "eventlog_token"
     cors_origins: str = ""
+    request_timeout_seconds: float = 60.0
+    allowed_hosts: str = ",".join(LOOPBACK_HOSTS)
+
+    def trusted_hosts(self) -> list[str] | None:
+        """``allowed_hosts`` as Flask's ``TRUSTED_HOSTS``: None (any host) for ``*``."""
+        hosts = [host.strip() for host in self.allowed_hosts.split(",") if host.strip()]
+        return None if ANY_HOST in hosts else hosts
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -71,12 +84,24 @@ class Settings:
                 " (e.g. the output of `openssl rand -hex 32`)"
             )
         values["cors_origins"] = _origins(values["cors_origins"])
+        if not values["allowed_hosts"].strip(", "):
+            raise ConfigError(f"{key_of('allowed_hosts')} is empty; name the hosts, or * for any")
         return cls(**values)
 
     @property
     def origins(self) -> frozenset[str]:
         """The origins allowed to call from a browser (``EVENTLOG_CORS_ORIGINS``)."""
         return frozenset(self.cors_origins.split(",")) if self.cors_origins else frozenset()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address (``eventlog serve --host``) is on the loopback interface only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
 
 
 def key_of(name: str) -> str:

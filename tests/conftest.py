@@ -89,15 +89,20 @@ def empty_postgres(engine: Engine) -> None:
         conn.execute(text("UPDATE event_counter SET last_id = 0"))
 
 
+def sqlite_database(folder: Path) -> str:
+    """The URL of a new, migrated SQLite database in ``folder``."""
+    url = f"sqlite:///{folder / 'eventlog.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    return url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A migrated, empty database on each backend."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'eventlog.db'}"
-        engine = make_engine(url)
-        upgrade(engine)
-        engine.dispose()
-        return url
+        return sqlite_database(tmp_path)
     engine = request.getfixturevalue("postgres_engine")
     empty_postgres(engine)
     return url_of(engine)
