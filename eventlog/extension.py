@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, scoped_session
 
 from . import migrate
 from .config import Settings
-from .database import make_engine
+from .database import Timeouts, make_engine
 from .errors import IdempotencyConflict
 from .events import EventFilter, NewEvent, StoredEvent
 from .hub import Hub
@@ -46,7 +46,7 @@ class _State:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine = make_engine(settings.database_url)
+        self.engine = make_engine(settings.database_url, timeouts_of(settings))
         self.notifier: Notifier = (
             RedisNotifier(settings.redis_url, settings.redis_channel)
             if settings.redis_url
@@ -69,6 +69,19 @@ class _State:
         self.notifier.close()
         self.writer.close()
         self.engine.dispose()
+
+
+def timeouts_of(settings: Settings) -> Timeouts:
+    """The database timeouts ``settings`` ask for."""
+    return Timeouts(
+        connect=settings.connect_timeout_seconds,
+        reply=settings.reply_timeout_seconds,
+        statement=settings.statement_timeout_seconds,
+        lock=settings.lock_timeout_seconds,
+        idle_in_transaction=settings.idle_in_transaction_timeout_seconds,
+        keepalive=settings.keepalive_seconds,
+        pool=settings.pool_timeout_seconds,
+    )
 
 
 class EventLog:

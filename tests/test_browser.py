@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 from conftest import Server, unavailable, wait_until
-from helpers import publish
+from helpers import CuttableProxy, publish
 
 from eventlog.database import make_engine
 from eventlog.migrate import upgrade
@@ -56,8 +56,6 @@ CHROMIUM_ARGS = [
 ]
 RETRY_MS = 200  # the server's `retry:`; short, so each reconnection costs a fifth of a second
 WAIT_MS = 10_000  # upper bound for anything the browser should do well within a second
-POLL = 0.05  # how often the proxy's threads look at their stop flags, in seconds
-IO_TIMEOUT = 10.0  # no proxy socket operation may block longer than this
 
 # The test page. It records every message (and any `reset`) with the lastEventId the browser
 # reports, counts successful (re)connections, and saves the last id in localStorage so that a
@@ -84,162 +82,6 @@ PAGE = """<!doctype html>
   window.source.onopen = () => { window.opens += 1; };
 </script>
 """
-
-
-# --- a proxy the test can cut -------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ProxiedRequest:
-    """The head of one HTTP request the browser sent through the proxy."""
-
-    target: str  # path and query, as in the request line
-    headers: dict[str, str]  # lower-cased names
-
-    @property
-    def path(self) -> str:
-        return self.target.partition("?")[0]
-
-    @property
-    def last_event_id(self) -> str | None:
-        return self.headers.get("last-event-id")
-
-
-@dataclass
-class _Link:
-    """One proxied connection: its thread, its cut flag and the request it carried."""
-
-    cut: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-    request: ProxiedRequest | None = None
-
-
-def _parse_head(head: bytes) -> ProxiedRequest:
-    lines = head.decode("latin-1").split("\r\n")
-    _method, target, _version = lines[0].split(" ", 2)
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return ProxiedRequest(target, headers)
-
-
-def _reset(sock: socket.socket) -> None:
-    """Close with a TCP reset, as a dropped network does: unsent bytes are lost."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    sock.close()
-
-
-class CuttableProxy:
-    """A TCP proxy on a free port in front of the server, whose connections the test can cut.
-
-    Each accepted connection gets a connection to the server and a thread that copies bytes
-    both ways. ``cut`` resets every open connection; with ``refuse=True`` new connections are
-    reset right after they are accepted until ``resume``. The proxy also records the head of
-    the first request on each connection, so the test can see what the browser asked for.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self._target = ("127.0.0.1", target_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(POLL)
-        self.port: int = self._listener.getsockname()[1]
-        self._lock = threading.Lock()
-        self._links: list[_Link] = []
-        self._refusing = False
-        self._closed = threading.Event()
-        self.refused = 0  # connections reset at once while refusing
-        self.requests: list[ProxiedRequest] = []
-        self._acceptor = threading.Thread(
-            target=self._accept_loop, name="proxy-accept", daemon=True
-        )
-        self._acceptor.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def cut(self, *, refuse: bool = False) -> list[ProxiedRequest]:
-        """Reset every open connection and wait until they are gone; return their requests.
-
-        With ``refuse``, connections accepted from now on are reset too, until ``resume``.
-        """
-        with self._lock:
-            # Under the lock with the acceptor: a connection is either in this list (and is
-            # cut) or accepted after the flag is set (and is refused).
-            self._refusing = self._refusing or refuse
-            links, self._links = self._links, []
-        for link in links:
-            link.cut.set()
-        for link in links:
-            assert link.thread is not None
-            link.thread.join(timeout=5)
-            assert not link.thread.is_alive(), "a proxied connection did not close"
-        return [link.request for link in links if link.request is not None]
-
-    def resume(self) -> None:
-        """Accept connections again."""
-        with self._lock:
-            self._refusing = False
-
-    def close(self) -> None:
-        """Stop accepting, cut everything and join every thread."""
-        self._closed.set()
-        self._acceptor.join(timeout=5)
-        self.cut()
-        self._listener.close()
-
-    def _accept_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue  # a chance to notice close()
-            with self._lock:
-                if self._refusing:
-                    self.refused += 1
-                    _reset(client)
-                    continue
-                link = _Link()
-                link.thread = threading.Thread(
-                    target=self._pump, args=(client, link), name="proxy-link", daemon=True
-                )
-                self._links.append(link)
-                link.thread.start()
-
-    def _pump(self, client: socket.socket, link: _Link) -> None:
-        upstream: socket.socket | None = None
-        head = b""
-        try:
-            client.settimeout(IO_TIMEOUT)
-            upstream = socket.create_connection(self._target, timeout=IO_TIMEOUT)
-            while not link.cut.is_set():
-                readable, _, _ = select.select([client, upstream], [], [], POLL)
-                for sock in readable:
-                    data = sock.recv(65536)
-                    if not data:
-                        return  # one side closed: close the other
-                    if sock is client:
-                        if link.request is None:
-                            head += data
-                            if b"\r\n\r\n" in head:
-                                link.request = _parse_head(head.partition(b"\r\n\r\n")[0])
-                                with self._lock:
-                                    self.requests.append(link.request)
-                        upstream.sendall(data)
-                    else:
-                        client.sendall(data)
-        except OSError:
-            pass  # a side reset or timed out: the connection is over either way
-        finally:
-            if link.cut.is_set():
-                _reset(client)
-            else:
-                client.close()
-            if upstream is not None:
-                upstream.close()
 
 
 class Publisher:
