@@ -14,6 +14,7 @@ from .errors import (
     IdempotencyConflict,
     InvalidRequest,
     PayloadTooLarge,
+    QueryTooLong,
     UnsupportedMediaType,
 )
 from .events import EventFilter, NewEvent, StoredEvent
@@ -31,6 +32,7 @@ __all__ = [
     "NewEvent",
     "Page",
     "PayloadTooLarge",
+    "QueryTooLong",
     "StoredEvent",
     "UnsupportedMediaType",
     "blueprint",

@@ -18,13 +18,13 @@ from typing import Any
 
 from flask import Flask, current_app, has_app_context
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, scoped_session
 
 from . import migrate
 from .config import Settings
 from .database import Timeouts, make_engine
-from .errors import IdempotencyConflict
+from .errors import IdempotencyConflict, QueryTooLong
 from .events import EventFilter, NewEvent, StoredEvent
 from .hub import Hub
 from .notify import LocalNotifier, Notifier, RedisNotifier
@@ -36,6 +36,7 @@ from .validation import parse_events
 from .writer import Writer
 
 EXTENSION_KEY = "eventlog"
+QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement its statement_timeout ended
 
 DatabaseSession = Session | scoped_session[Session] | Connection
 """What ``publish(..., session=...)`` writes in: the caller's open transaction."""
@@ -186,12 +187,28 @@ class EventLog:
 
     def page(self, where: EventFilter, *, limit: int, newest_first: bool = False) -> Page:
         """One page of the audit query (at most ``limit`` events, and about
-        ``EVENTLOG_PAGE_BYTES`` of data)."""
+        ``EVENTLOG_PAGE_BYTES`` of data).
+
+        On PostgreSQL the page may take ``EVENTLOG_AUDIT_TIMEOUT_SECONDS`` at most, else
+        QueryTooLong; SQLite has no statement timeout, so there it runs to the end.
+        """
         state = self._state()
+        cap = state.settings.audit_timeout_seconds
         with state.engine.connect() as conn:
-            return read_page(
-                conn, where, limit=limit, newest_first=newest_first, max_bytes=state.settings.page_bytes
-            )
+            if cap and conn.dialect.name == "postgresql":
+                # LOCAL: it ends with this read's transaction, the pooled session keeps its own.
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {round(cap * 1000)}")
+            try:
+                return read_page(
+                    conn, where, limit=limit, newest_first=newest_first, max_bytes=state.settings.page_bytes
+                )
+            except DBAPIError as error:
+                if getattr(error.orig, "sqlstate", None) != QUERY_CANCELED:
+                    raise
+                raise QueryTooLong(
+                    f"the query took longer than {cap:g} s; narrow it with stream, type,"
+                    " after/before or a shorter since/until"
+                ) from None
 
     def events(self, where: EventFilter, *, newest_first: bool = False) -> Iterator[StoredEvent]:
         """Every event matching ``where``, read page by page (for exports and the CLI)."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from sqlalchemy.engine import make_url
 
 from eventlog.sse import Decoder, Message
 
@@ -379,3 +380,28 @@ def assert_stored_once(log: list[dict[str, Any]], publishers: list[KeyedPublishe
     )
     by_key = {e["data"]["key"]: e for e in log if e["type"] == "keyed"}
     assert all(by_key[key] == event for key, event in stored.items())
+
+
+# --- servers whose database link the test controls ------------------------------------------
+
+SHORT_TIMEOUTS = {
+    "IDLE_IN_TRANSACTION_TIMEOUT_SECONDS": 1,
+    "LOCK_TIMEOUT_SECONDS": 1.5,
+    "STATEMENT_TIMEOUT_SECONDS": 1.5,
+    "AUDIT_TIMEOUT_SECONDS": 1,
+    "REPLY_TIMEOUT_SECONDS": 2,
+    "CONNECT_TIMEOUT_SECONDS": 2,  # libpq's least
+    "KEEPALIVE_SECONDS": 1,
+    "POOL_TIMEOUT_SECONDS": 2,
+}
+"""Database timeouts (EVENTLOG_* settings) shorter than the defaults, so that an outage of
+a few seconds is long against them."""
+
+
+def through(proxy: CuttableProxy, database_url: str, name: str | None = None) -> str:
+    """``database_url`` by way of ``proxy``; with ``name``, its sessions carry it as their
+    application_name (in pg_stat_activity)."""
+    url = make_url(database_url).set(host="127.0.0.1", port=proxy.port)
+    if name is not None:
+        url = url.update_query_dict({"application_name": name})
+    return url.render_as_string(hide_password=False)

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_public_names_are_pinned() -> None:
     assert sorted(eventlog.__all__) == [
         "Appended", "ConfigError", "EventFilter", "EventLog", "EventlogError", "IdempotencyConflict",
-        "InvalidRequest", "NewEvent", "Page", "PayloadTooLarge", "StoredEvent", "UnsupportedMediaType",
+        "InvalidRequest", "NewEvent", "Page", "PayloadTooLarge", "QueryTooLong", "StoredEvent", "UnsupportedMediaType",
         "blueprint", "create_app",
     ]
     assert all(hasattr(eventlog, name) for name in eventlog.__all__)

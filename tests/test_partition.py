@@ -19,43 +19,17 @@ from typing import Any
 import httpx
 import pytest
 from conftest import Server
-from helpers import CuttableProxy, KeyedPublisher, assert_stored_once, wait_until
+from helpers import SHORT_TIMEOUTS as TIMEOUTS
+from helpers import CuttableProxy, KeyedPublisher, assert_stored_once, through, wait_until
 from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
 
 pytestmark = pytest.mark.postgres
 
 StartServer = Callable[..., Server]
 
-# Shorter than the defaults, so that a 6 s outage is long against them; the bounds asserted
-# below are these plus a margin for a busy machine, and all stay below the outage.
-TIMEOUTS = {
-    "IDLE_IN_TRANSACTION_TIMEOUT_SECONDS": 1,
-    "LOCK_TIMEOUT_SECONDS": 1.5,
-    "STATEMENT_TIMEOUT_SECONDS": 1.5,
-    "AUDIT_TIMEOUT_SECONDS": 1,
-    "REPLY_TIMEOUT_SECONDS": 2,
-    "CONNECT_TIMEOUT_SECONDS": 2,  # libpq's least
-    "KEEPALIVE_SECONDS": 1,
-    "POOL_TIMEOUT_SECONDS": 2,
-}
-OUTAGE = 6.0
+OUTAGE = 6.0  # long against the TIMEOUTS
 MARGIN = 1.5  # for a machine shared with other work
 
-
-@pytest.fixture
-def database_proxy(postgres_url: str) -> Iterator[CuttableProxy]:
-    url = make_url(postgres_url)
-    proxy = CuttableProxy(url.port or 5432, url.host or "127.0.0.1", http=False)
-    yield proxy
-    proxy.close()
-
-
-def through(proxy: CuttableProxy, database_url: str, name: str) -> str:
-    """``database_url`` by way of ``proxy``, its sessions named ``name`` in pg_stat_activity."""
-    url = make_url(database_url).set(host="127.0.0.1", port=proxy.port)
-    url = url.update_query_dict({"application_name": name})
-    return url.render_as_string(hide_password=False)
 
 
 def timed(call: Callable[[], httpx.Response]) -> tuple[float, httpx.Response]:
