@@ -95,15 +95,20 @@ def wait_until(check: Callable[[], object], timeout: float = 15.0, interval: flo
         time.sleep(interval)
 
 
-# --- a proxy the test can cut or black-hole -----------------------------------------------
+# --- a proxy the test can cut, black-hole or make answer 502 ---------------------------------
 
 POLL = 0.05  # how often the proxy's threads look at their flags, in seconds
 IO_TIMEOUT = 10.0  # no proxy socket operation may block longer than this
+FORWARD, REFUSE, BAD_GATEWAY = "forward", "refuse", "bad gateway"  # the proxy's modes
+BAD_GATEWAY_ANSWER = (
+    b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n"
+    b"Connection: close\r\n\r\nBad Gateway"
+)
 
 
 @dataclass(frozen=True)
 class ProxiedRequest:
-    """The head of the first HTTP request a client sent on one proxied connection."""
+    """The head of one HTTP request the browser sent through the proxy."""
 
     target: str  # path and query, as in the request line
     headers: dict[str, str]  # lower-cased names
@@ -150,26 +155,30 @@ class CuttableProxy:
 
     Each accepted connection gets a connection to the server and a thread that copies bytes
     both ways. ``cut`` resets every open connection; with ``refuse=True`` new connections are
-    reset right after they are accepted until ``resume``. ``blackhole`` stops forwarding
-    without closing anything, as a network that drops every packet does (new connections
-    are accepted and get nothing either), until ``heal`` delivers what waited and forwards
-    again, as TCP does once its retransmissions get through. With ``http`` the proxy also records
-    the head of the first request on each connection, so a test can see what a browser asked for.
+    reset right after they are accepted until ``resume``. ``bad_gateway`` cuts too, then
+    answers each new request with a 502 until ``cut(refuse=True)`` or ``resume``.
+    ``blackhole`` stops forwarding without closing anything, as a network that drops every
+    packet does (new connections are accepted and get nothing either), until ``heal``
+    delivers what waited and forwards again, as TCP does once its retransmissions get
+    through. With ``http`` the proxy also records the head of the first request on each
+    connection, so the test can see what a browser asked for.
     """
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1", *, http: bool = True) -> None:
         self._target = (target_host, target_port)
         self._http = http  # record request heads (off for other protocols)
+        self._forwarding = threading.Event()
+        self._forwarding.set()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(POLL)
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._links: list[_Link] = []
-        self._refusing = False
-        self._forwarding = threading.Event()
-        self._forwarding.set()
+        self._mode = FORWARD
+        self._responders: list[threading.Thread] = []
         self._closed = threading.Event()
         self.refused = 0  # connections reset at once while refusing
+        self.bad_gateways = 0  # requests answered with a 502
         self.requests: list[ProxiedRequest] = []
         self._acceptor = threading.Thread(
             target=self._accept_loop, name="proxy-accept", daemon=True
@@ -185,10 +194,17 @@ class CuttableProxy:
 
         With ``refuse``, connections accepted from now on are reset too, until ``resume``.
         """
+        return self._cut_all(REFUSE if refuse else None)
+
+    def bad_gateway(self) -> list[ProxiedRequest]:
+        """Cut every open connection, then answer each new request with a 502."""
+        return self._cut_all(BAD_GATEWAY)
+
+    def _cut_all(self, mode: str | None) -> list[ProxiedRequest]:
         with self._lock:
             # Under the lock with the acceptor: a connection is either in this list (and is
-            # cut) or accepted after the flag is set (and is refused).
-            self._refusing = self._refusing or refuse
+            # cut) or accepted after the mode is set (and gets the new mode).
+            self._mode = mode or self._mode
             links, self._links = self._links, []
         for link in links:
             link.cut.set()
@@ -201,7 +217,7 @@ class CuttableProxy:
     def resume(self) -> None:
         """Accept connections again."""
         with self._lock:
-            self._refusing = False
+            self._mode = FORWARD
 
     def blackhole(self) -> None:
         """Stop forwarding on every connection, open or new, and close none."""
@@ -211,18 +227,14 @@ class CuttableProxy:
         """Forward again, what waited first."""
         self._forwarding.set()
 
-    @property
-    def links(self) -> int:
-        """The connections open through the proxy."""
-        with self._lock:
-            return len(self._links)
-
     def close(self) -> None:
         """Stop accepting, cut everything and join every thread."""
         self._closed.set()
         self._acceptor.join(timeout=5)
         self.heal()  # so that no pump waits on the black hole any longer
         self.cut()
+        for responder in self._responders:
+            responder.join(timeout=IO_TIMEOUT + 1)
         self._listener.close()
 
     def _accept_loop(self) -> None:
@@ -232,9 +244,16 @@ class CuttableProxy:
             except TimeoutError:
                 continue  # a chance to notice close()
             with self._lock:
-                if self._refusing:
+                if self._mode == REFUSE:
                     self.refused += 1
                     _reset(client)
+                    continue
+                if self._mode == BAD_GATEWAY:
+                    responder = threading.Thread(
+                        target=self._answer_502, args=(client,), name="proxy-502", daemon=True
+                    )
+                    self._responders.append(responder)
+                    responder.start()
                     continue
                 link = _Link()
                 link.thread = threading.Thread(
@@ -285,6 +304,26 @@ class CuttableProxy:
             if link.cut.is_set():
                 return False
         return not link.cut.is_set()
+
+    def _answer_502(self, client: socket.socket) -> None:
+        """Read a request's head and answer 502, as a load balancer with no healthy backend."""
+        head = b""
+        try:
+            client.settimeout(IO_TIMEOUT)
+            while b"\r\n\r\n" not in head:
+                data = client.recv(65536)
+                if not data:
+                    return  # a speculative connection that never carried a request
+                head += data
+            request = _parse_head(head.partition(b"\r\n\r\n")[0])
+            with self._lock:
+                self.requests.append(request)
+                self.bad_gateways += 1
+            client.sendall(BAD_GATEWAY_ANSWER)
+        except OSError:
+            pass
+        finally:
+            client.close()
 
 
 # --- keyed publishers, whose every request can be retried safely ------------------------------
