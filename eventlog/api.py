@@ -22,12 +22,13 @@ from flask import Blueprint, Response, request
 from flask.blueprints import BlueprintSetupState
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 
-from . import sse
+from . import metrics, sse
 from .errors import EventlogError, InvalidRequest, UnsupportedMediaType, problem
 from .events import StoredEvent, check_name
 from .extension import EXTENSION_KEY, current_eventlog
+from .logs import ACCESS, Access
 from .query import parse_audit_query
 from .store import Page
 from .validation import parse_events
@@ -122,6 +123,15 @@ def readyz() -> Response:
     return _json({"status": status, **checks})
 
 
+@blueprint.get("/metrics")
+def metrics_text() -> Response:
+    """Prometheus metrics, summed over the server's workers; 404 with EVENTLOG_METRICS=off."""
+    if current_eventlog().settings.metrics == "off":
+        raise NotFound("metrics are turned off (EVENTLOG_METRICS=off)")
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type)
+
+
 @blueprint.get("/openapi.json")
 def openapi() -> Response:
     """The OpenAPI description of this API."""
@@ -176,8 +186,13 @@ def _live(streams: list[str], *, extra: set[str], envelope: bool) -> Response:
         resume_after = sse.parse_last_event_id(raw)
     except ValueError as error:
         raise InvalidRequest(f"bad resume point: {error}") from None
+    access: Access | None = request.environ.get(ACCESS)
     body = current_eventlog().stream(
-        streams, resume_after, envelope=envelope, client_gone=request.environ.get(CLIENT_GONE)
+        streams,
+        resume_after,
+        envelope=envelope,
+        client_gone=request.environ.get(CLIENT_GONE),
+        on_end=None if access is None else access.stream_ended,
     )
     response = Response(body, mimetype=EVENT_STREAM)
     response.headers["Cache-Control"] = "no-cache"

@@ -95,8 +95,15 @@ def flask_group() -> None:
     "--migrate/--no-migrate", default=True,
     help="Apply database migrations before starting (turn off when a deploy step does it).",
 )
-def serve(host: str, port: int, workers: int, connections: int, migrate: bool) -> None:
-    """Run the HTTP server (gunicorn with gevent workers)."""
+@click.option(
+    "--log-format", envvar="EVENTLOG_LOG_FORMAT", show_envvar=True, default="text",
+    type=click.Choice(["text", "json"]), help="Log lines as text, or as one JSON object per line.",
+)
+def serve(host: str, port: int, workers: int, connections: int, migrate: bool, log_format: str) -> None:
+    """Run the HTTP server (gunicorn with gevent workers).
+
+    gunicorn settings that eventlog does not set itself may be given in GUNICORN_CMD_ARGS.
+    """
     try:
         settings = Settings.from_config(from_environment())
     except ConfigError as error:
@@ -121,7 +128,7 @@ def serve(host: str, port: int, workers: int, connections: int, migrate: bool) -
     step = "upgrade" if migrate else "check"
     if subprocess.run([sys.executable, "-P", "-m", "eventlog", "db", step]).returncode != 0:
         sys.exit(1)
-    run_server(host, port, workers, connections)
+    run_server(host, port, workers, connections, log_format)
 
 
 @click.group()

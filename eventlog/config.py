@@ -25,9 +25,10 @@ from .errors import ConfigError
 PREFIX = "EVENTLOG_"
 
 
-def _setting(default: Any, *, zero: bool = False) -> Any:
-    """A field of the table; ``zero`` says 0 is a meaningful value (the feature is off)."""
-    return dataclasses.field(default=default, metadata={"zero": zero})
+def _setting(default: Any, *, zero: bool = False, choices: tuple[str, ...] = ()) -> Any:
+    """A field of the table; ``zero`` says 0 is a meaningful value (the feature is off);
+    ``choices`` are the only values a text setting takes."""
+    return dataclasses.field(default=default, metadata={"zero": zero, "choices": choices})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,6 +48,7 @@ class Settings:
     subscriber_buffer: int = 1000
     subscriber_buffer_bytes: int = 8 * 1024 * 1024
     page_bytes: int = 8 * 1024 * 1024
+    metrics: str = _setting("on", choices=("on", "off"))
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -78,7 +80,11 @@ def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
     key = key_of(field.name)
     kind: type[Any] = type(field.default)
     if kind is str:
-        return "" if raw is None else str(raw)
+        text = "" if raw is None else str(raw)
+        choices = field.metadata.get("choices", ())
+        if choices and text not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {raw!r}")
+        return text
     try:
         value = kind(raw)
     except (TypeError, ValueError):

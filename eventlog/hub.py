@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import frames
+from . import frames, metrics
 from .events import EventFilter, StoredEvent
 from .notify import Notifier
 from .sse import Frame
@@ -150,6 +150,7 @@ class Hub:
         self._rung = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._metrics = metrics.get()
 
     @property
     def cursor(self) -> int:
@@ -178,22 +179,26 @@ class Hub:
                     self._by_stream[stream].add(subscription)
             else:
                 self._everything.add(subscription)
+        self._metrics.live_subscribers.inc()
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Remove a subscriber (again is harmless)."""
         with self._lock:
+            found = subscription in self._everything
             self._everything.discard(subscription)
-            found = False
+            filtered = False
             for stream in subscription.streams:
                 subscribers = self._by_stream.get(stream)
                 if subscribers is not None and subscription in subscribers:
-                    found = True
+                    filtered = True
                     subscribers.remove(subscription)
                     if not subscribers:
                         del self._by_stream[stream]
-            if found:
+            if filtered:
                 self._formats[subscription.envelope] -= 1
+        if found or filtered:
+            self._metrics.live_subscribers.dec()
 
     def ring(self, last_id: int | None) -> None:
         """A doorbell: ids up to ``last_id`` (None: unknown) may be waiting in SQL."""
@@ -228,13 +233,17 @@ class Hub:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._rung.wait(self._poll_seconds)
+            # False: the poll timeout woke us, so whatever the read finds, nobody announced.
+            rung = self._rung.wait(self._poll_seconds)
             pause = self._fanned_out_at + self._fanout_seconds - time.monotonic()
             if pause > 0:
                 self._stop.wait(pause)  # rings meanwhile are served by the read that follows
+            rung = rung or self._rung.is_set()
             self._rung.clear()
             try:
-                self._catch_up()
+                found = self._catch_up()
+                if found and not rung:
+                    self._metrics.polled.inc(found)
             except SQLAlchemyError as error:
                 log.warning("hub could not read new events (%s); retrying", type(error).__name__)
             except Exception:  # a bug must not end delivery for the whole process
@@ -245,14 +254,17 @@ class Hub:
             for subscription in self.subscriptions():
                 subscription.tick()
 
-    def _catch_up(self) -> None:
-        """Read everything after the cursor, page by page, and fan it out."""
-        where = EventFilter(after=self._cursor)
+    def _catch_up(self) -> int:
+        """Read everything after the cursor, page by page, and fan it out; how many ids it
+        moved past."""
+        start = self._cursor
+        where = EventFilter(after=start)
         for page in pages(self._engine, where, size=self._page_size, max_bytes=self._page_bytes):
             self._fanned_out_at = time.monotonic()
             self._fan_out(page)
             if self._stop.is_set():
-                return
+                break
+        return self._cursor - start
 
     def _fan_out(self, events: list[StoredEvent]) -> None:
         # Each event is encoded once per format here, however many subscribers it goes to.

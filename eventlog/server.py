@@ -3,17 +3,27 @@ greenlet (a few kilobytes), not a thread."""
 
 from __future__ import annotations
 
+import logging
+import os
 import resource
+import shutil
 import socket
+import tempfile
 import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gevent.monkey import MonkeyPatchWarning
 from gunicorn.app.base import BaseApplication
 
+from .logs import logging_config, with_access_log
+from .metrics import MULTIPROCESS_DIR
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+log = logging.getLogger(__name__)
 
 
 class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -26,21 +36,87 @@ class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type h
     def load_config(self) -> None:
         for key, value in self.options.items():
             self.cfg.set(key, value)
+        # What gunicorn's own command line would read: GUNICORN_CMD_ARGS, for every setting
+        # eventlog does not decide itself (those above win).
+        parser = self.cfg.parser()
+        from_env = parser.parse_args(self.cfg.get_cmd_args_from_env())
+        for key, value in vars(from_env).items():
+            if value is not None and key != "args" and key not in self.options:
+                self.cfg.set(key.lower(), value)
 
     def load(self) -> Any:
         # Imported here, in the worker, after gevent has patched the standard library.
+        from sqlalchemy.exc import SQLAlchemyError
+
         from .app import create_app
 
-        return with_client_check(create_app().wsgi_app)
+        app = create_app()
+        try:
+            # At once, not at the first stream: the worker hears notifications (and says so
+            # in eventlog_notifier_connected) from the start.
+            app.extensions["eventlog"].hub.start()
+        except SQLAlchemyError as error:
+            log.warning("hub not started (%s); the first stream starts it", type(error).__name__)
+        return with_access_log(with_client_check(app.wsgi_app))
 
 
-def serve(host: str, port: int, workers: int, connections: int) -> None:
+def serve(host: str, port: int, workers: int, connections: int, log_format: str) -> None:
     """Run the server in the foreground until it is told to stop."""
     _raise_open_file_limit(connections + 100)
     # The worker patches the standard library after the fork, once this process has imported
     # redis; the only module that kept unpatched ssl names is redis.asyncio, which is unused.
     warnings.filterwarnings("ignore", "Monkey-patching ssl", MonkeyPatchWarning)
-    Server(
+    owned = _metrics_directory()
+    try:
+        _server(host, port, workers, connections, log_format).run()
+    finally:
+        if owned is not None:
+            shutil.rmtree(owned, ignore_errors=True)
+
+
+def _metrics_directory() -> str | None:
+    """Point PROMETHEUS_MULTIPROC_DIR at an empty directory for the workers' metrics; the
+    path of a temporary one this server made (and removes), None for the user's own.
+
+    Set before anything imports prometheus_client, which reads it once, at import.
+    """
+    given = os.environ.get(MULTIPROCESS_DIR)
+    if given:
+        # Values a previous run left would be added to this run's.
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        return None
+    owned = tempfile.mkdtemp(prefix="eventlog-metrics-")
+    os.environ[MULTIPROCESS_DIR] = owned
+    return owned
+
+
+def _worker_exited(server: Any, worker: Any) -> None:
+    """gunicorn's child_exit hook: a dead worker's live gauges leave the sums."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def _ready(server: Any) -> None:
+    """gunicorn's when_ready hook: the address really listened on, once it is."""
+    # With SO_REUSEPORT the workers bind sockets of their own, and the master holds none.
+    addresses = ", ".join(
+        [str(listener) for listener in server.LISTENERS] or [_url(a) for a in server.cfg.address]
+    )
+    workers = server.cfg.workers
+    log.info("eventlog listening on %s (%d worker%s)", addresses, workers, "" if workers == 1 else "s")
+
+
+def _url(address: tuple[str, int] | str) -> str:
+    if isinstance(address, str):
+        return f"unix:{address}"
+    host, port = address
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _server(host: str, port: int, workers: int, connections: int, log_format: str) -> Server:
+    return Server(
         {
             "bind": f"{host}:{port}",
             "workers": workers,
@@ -55,8 +131,11 @@ def serve(host: str, port: int, workers: int, connections: int) -> None:
             # evenly among them. On one shared socket, whichever worker woke first took the
             # connection: 687 of 1,000 subscribers landed on one of two workers.
             "reuse_port": workers > 1,
+            "logconfig_dict": logging_config(log_format),
+            "child_exit": _worker_exited,
+            "when_ready": _ready,
         }
-    ).run()
+    )
 
 
 def with_client_check(app: WSGIApplication) -> WSGIApplication:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import frames, sse
+from . import frames, metrics, sse
 from .events import RESET_TYPE, EventFilter
 from .hub import Hub, Subscription
 from .sse import Frame
@@ -45,6 +46,7 @@ def event_stream(
     page_size: int = 1000,
     page_bytes: int = 8 * 1024 * 1024,
     client_gone: Callable[[], bool] | None = None,
+    on_end: Callable[[int], None] | None = None,
 ) -> Iterator[bytes]:
     """Yield SSE bytes for events of ``streams`` (all if empty) with id > ``resume_after``.
 
@@ -57,8 +59,10 @@ def event_stream(
     ``client_gone``, when the server can tell, says whether the client closed its end; it is
     asked at each heartbeat tick, so a closed idle stream ends at the first tick after the
     close. Otherwise only a failed write ends it, and TCP accepts the first write after a close.
+    ``on_end`` is called with the number of events sent when the stream ends (the access log).
     """
     subscription: Subscription | None = None
+    reader: _Reader | None = None
     started = False
     try:
         subscription = hub.subscribe(streams, envelope=envelope)
@@ -78,6 +82,8 @@ def event_stream(
     finally:
         if subscription is not None:
             hub.unsubscribe(subscription)
+        if on_end is not None:
+            on_end(0 if reader is None else reader.sent)
 
 
 class _Reader:
@@ -100,6 +106,8 @@ class _Reader:
         self._client_gone = client_gone
         self.cursor = subscription.position  # the last id sent (or skipped as sent)
         self.ended = False
+        self.sent = 0  # events written
+        self._metrics = metrics.get()
 
     def start(self, resume_after: int | None) -> bytes | None:
         """Place the cursor at the resume point; a ``reset`` frame if it lies beyond the head."""
@@ -115,6 +123,7 @@ class _Reader:
             self.cursor = resume_after
             return None
         self.cursor = newest
+        self._metrics.resets["beyond_head"].inc()
         reset = json.dumps({"requested": resume_after, "head": newest})
         return sse.encode(reset, id=newest, event=RESET_TYPE).encode()
 
@@ -132,6 +141,7 @@ class _Reader:
         where = EventFilter(streams=self._streams, after=self.cursor)
         for page in pages(self._engine, where, size=self._page_size, max_bytes=self._page_bytes):
             encoded = frames.encode(page, envelope=self._subscription.envelope)
+            self._metrics.replayed.inc(len(encoded))
             yield from self.send([f for _, f in encoded], last_id=page[-1].id)
 
     def live(self) -> Iterator[bytes]:
@@ -139,6 +149,7 @@ class _Reader:
         while True:
             pushed, overflowed = self._subscription.take()
             if overflowed:
+                self._metrics.overflows.inc()
                 return  # dropped events: the caller replays them from SQL, then carries on
             if not pushed:  # the hub's tick: idle for a heartbeat interval
                 if self._client_gone is not None and self._client_gone():
@@ -148,9 +159,12 @@ class _Reader:
                 continue
             fresh = [f for f in pushed if f.id > self.cursor]
             if fresh:
+                self._metrics.delivery_lag.observe(time.time() - fresh[0].time)
                 yield from self.send(fresh, last_id=fresh[-1].id)
 
     def send(self, batch: list[Frame], *, last_id: int) -> Iterator[bytes]:
         """Write ``batch`` and move the cursor to ``last_id`` (skipped events included)."""
         yield from frames.chunks(batch)
         self.cursor = last_id
+        self.sent += len(batch)
+        self._metrics.delivered.inc(len(batch))

@@ -212,6 +212,7 @@ class Server:
     port: int
     env: dict[str, str]
     args: list[str]
+    log: Path | None = None  # where its stderr (every log line) goes; inherited if None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -219,11 +220,14 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [str(EVENTLOG_BIN), "serve", "--port", str(self.port), "--no-migrate", *self.args],
-            env=self.env,
-            start_new_session=True,  # its own process group: kill() takes the workers too
-        )
+        with contextlib.ExitStack() as files:
+            stderr = None if self.log is None else files.enter_context(self.log.open("ab"))
+            self.process = subprocess.Popen(
+                [str(EVENTLOG_BIN), "serve", "--port", str(self.port), "--no-migrate", *self.args],
+                env=self.env,
+                stderr=stderr,
+                start_new_session=True,  # its own process group: kill() takes the workers too
+            )
         wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200, timeout=30)
 
     def kill(self) -> None:
@@ -264,7 +268,8 @@ def start_server() -> Iterator[Callable[..., Server]]:
     """Start ``eventlog serve`` processes: ``start_server(database_url, redis_url=None, ...)``.
 
     Extra keyword arguments become EVENTLOG_* settings (``POLL_SECONDS=0.5``); ``args`` are
-    extra command-line arguments. Every server is stopped when the test ends.
+    extra command-line arguments; ``log`` a file for the server's stderr; ``env`` more
+    environment variables. Every server is stopped when the test ends.
     """
     servers: list[Server] = []
 
@@ -274,10 +279,12 @@ def start_server() -> Iterator[Callable[..., Server]]:
         *,
         args: list[str] | None = None,
         port: int | None = None,
+        log: Path | None = None,
+        env: dict[str, str] | None = None,
         **settings: Any,
     ) -> Server:
-        env = server_env(database_url, redis_url, **settings)
-        server = Server(port or free_port(), env, args or [])
+        environment = {**server_env(database_url, redis_url, **settings), **(env or {})}
+        server = Server(port or free_port(), environment, args or [], log)
         servers.append(server)  # before start(), so a server that never got ready is stopped too
         server.start()
         return server

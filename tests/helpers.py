@@ -88,3 +88,15 @@ def wait_until(check: Callable[[], object], timeout: float = 15.0, interval: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+def subscribers_by_worker(base: str, workers: int) -> dict[int, int]:
+    """Each worker's ``/healthz`` subscriber count, by pid, asked on fresh connections."""
+    shares: dict[int, int] = {}
+    for _ in range(64):
+        with httpx.Client(timeout=5) as client:  # a new connection, so any worker may answer
+            health = client.get(f"{base}/healthz").json()
+        shares[health["pid"]] = health["subscribers"]
+        if len(shares) == workers:
+            break
+    return shares

@@ -28,7 +28,7 @@ import httpx
 import pytest
 import redis
 from conftest import RedisServer, Server
-from helpers import wait_until
+from helpers import subscribers_by_worker, wait_until
 
 from eventlog.sse import Decoder, Message
 
@@ -274,18 +274,6 @@ def close_all(subscribers: Sequence[Subscriber]) -> None:
 
 
 # --- processes and waits --------------------------------------------------------------------
-
-
-def subscribers_by_worker(base: str, workers: int) -> dict[int, int]:
-    """Each worker's ``/healthz`` subscriber count, by pid, asked on fresh connections."""
-    shares: dict[int, int] = {}
-    for _ in range(64):
-        with httpx.Client(timeout=5) as client:  # a new connection, so any worker may answer
-            health = client.get(f"{base}/healthz").json()
-        shares[health["pid"]] = health["subscribers"]
-        if len(shares) == workers:
-            break
-    return shares
 
 
 def wait_for_hubs(redis_url: str, channel: str, count: int, timeout: float) -> None:
