@@ -108,11 +108,11 @@ def serve(host: str, port: int, workers: int, connections: int, migrate: bool, l
         settings = Settings.from_config(from_environment())
     except ConfigError as error:
         raise click.ClickException(error.detail) from None
+    notes = []
     if workers > 1 and not settings.redis_url:
-        click.echo(
-            "note: without EVENTLOG_REDIS_URL each worker learns of the others' events"
-            " by polling, about once a second",
-            err=True,
+        notes.append(
+            "without EVENTLOG_REDIS_URL each worker learns of the others' events"
+            " by polling, about once a second"
         )
     from .server import check_port_free
     from .server import serve as run_server
@@ -128,7 +128,7 @@ def serve(host: str, port: int, workers: int, connections: int, migrate: bool, l
     step = "upgrade" if migrate else "check"
     if subprocess.run([sys.executable, "-P", "-m", "eventlog", "db", step]).returncode != 0:
         sys.exit(1)
-    run_server(host, port, workers, connections, log_format)
+    run_server(host, port, workers, connections, log_format, notes)
 
 
 @click.group()

@@ -3,6 +3,7 @@ greenlet (a few kilobytes), not a thread."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import resource
@@ -10,7 +11,7 @@ import shutil
 import socket
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,15 +61,18 @@ class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type h
         return with_access_log(with_client_check(app.wsgi_app))
 
 
-def serve(host: str, port: int, workers: int, connections: int, log_format: str) -> None:
-    """Run the server in the foreground until it is told to stop."""
+def serve(
+    host: str, port: int, workers: int, connections: int, log_format: str, notes: Sequence[str] = ()
+) -> None:
+    """Run the server in the foreground until it is told to stop; ``notes`` are logged as
+    warnings once it listens (in the log's format, like every other line)."""
     _raise_open_file_limit(connections + 100)
     # The worker patches the standard library after the fork, once this process has imported
     # redis; the only module that kept unpatched ssl names is redis.asyncio, which is unused.
     warnings.filterwarnings("ignore", "Monkey-patching ssl", MonkeyPatchWarning)
     owned = _metrics_directory()
     try:
-        _server(host, port, workers, connections, log_format).run()
+        _server(host, port, workers, connections, log_format, notes).run()
     finally:
         if owned is not None:
             shutil.rmtree(owned, ignore_errors=True)
@@ -98,7 +102,7 @@ def _worker_exited(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
-def _ready(server: Any) -> None:
+def _ready(server: Any, notes: Sequence[str]) -> None:
     """gunicorn's when_ready hook: the address really listened on, once it is."""
     # With SO_REUSEPORT the workers bind sockets of their own, and the master holds none.
     addresses = ", ".join(
@@ -106,6 +110,8 @@ def _ready(server: Any) -> None:
     )
     workers = server.cfg.workers
     log.info("eventlog listening on %s (%d worker%s)", addresses, workers, "" if workers == 1 else "s")
+    for note in notes:
+        log.warning("%s", note)
 
 
 def _url(address: tuple[str, int] | str) -> str:
@@ -115,7 +121,9 @@ def _url(address: tuple[str, int] | str) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _server(host: str, port: int, workers: int, connections: int, log_format: str) -> Server:
+def _server(
+    host: str, port: int, workers: int, connections: int, log_format: str, notes: Sequence[str]
+) -> Server:
     return Server(
         {
             "bind": f"{host}:{port}",
@@ -133,7 +141,7 @@ def _server(host: str, port: int, workers: int, connections: int, log_format: st
             "reuse_port": workers > 1,
             "logconfig_dict": logging_config(log_format),
             "child_exit": _worker_exited,
-            "when_ready": _ready,
+            "when_ready": functools.partial(_ready, notes=notes),
         }
     )
 

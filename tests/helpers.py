@@ -48,6 +48,7 @@ class Listener:
         if last_event_id is not None:
             self._headers["Last-Event-ID"] = str(last_event_id)
         self._client = httpx.Client(timeout=httpx.Timeout(10, read=60))
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -57,14 +58,19 @@ class Listener:
     def _run(self) -> None:
         try:
             with self._client.stream("GET", self.url, headers=self._headers) as response:
-                for message in sse_messages(response, self.connected):
-                    self.messages.append(message)
+                decoder = Decoder()
+                for chunk in response.iter_raw():
+                    self.connected.set()
+                    if self._closing.is_set():
+                        break  # at the next bytes (a heartbeat at the latest): hang up
+                    self.messages.extend(decoder.feed(chunk))
         except (httpx.HTTPError, RuntimeError):
             pass  # closed by the test
         finally:
             self.connected.set()
 
     def close(self) -> None:
+        self._closing.set()
         self._client.close()
         self._thread.join(timeout=5)
 

@@ -100,7 +100,9 @@ def test_metrics_sum_over_workers_and_forget_a_killed_one(
     """With two workers, /metrics (whichever worker answers) counts every publish of both,
     and the live subscriber gauge follows streams as they open and close on both. A worker
     killed by SIGKILL (no cleanup of its own) leaves the gauge when gunicorn reaps it."""
-    server = start_server(postgres_url, redis_url, args=["--workers", "2"], REDIS_CHANNEL=redis_channel)
+    server = start_server(postgres_url, redis_url, args=["--workers", "2"], REDIS_CHANNEL=redis_channel,
+        HEARTBEAT_SECONDS=0.2,  # a closed stream ends at the next tick
+    )
     # Until both listen, the kernel hands every connection to the first.
     wait_until(lambda: len(subscribers_by_worker(server.url, workers=2)) == 2)
     # Fresh connections, so both workers answer publishes and scrapes.
