@@ -8,12 +8,19 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 
-def make_engine(url: str, **options: Any) -> Engine:
-    """Create an engine for ``url``; SQLite gets WAL mode and ``BEGIN IMMEDIATE``.
+WRITE_OPTION = "eventlog_writes"
+WRITES = {WRITE_OPTION: True}
+"""Execution options for an engine whose transactions write the log (see ``make_engine``)."""
 
-    On SQLite every transaction takes the write lock at BEGIN: that serializes publishers
-    (so commit order is id order, as on PostgreSQL with the counter's row lock) and
-    avoids the deadlock of two readers that both try to upgrade to writers.
+
+def make_engine(url: str, **options: Any) -> Engine:
+    """Create an engine for ``url``; SQLite gets WAL mode, and ``BEGIN IMMEDIATE`` for the
+    transactions of an engine made with ``execution_options(**WRITES)``.
+
+    Those take SQLite's write lock at BEGIN: that serializes publishers (so commit order is
+    id order, as on PostgreSQL with the counter's row lock) and avoids the deadlock of two
+    transactions that both read, then try to upgrade to writers. Reads begin deferred, so in
+    WAL mode they never wait for a writer (an application's open transaction, say).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -35,6 +42,7 @@ def make_engine(url: str, **options: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        writes = connection.get_execution_options().get(WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
     return engine

@@ -13,7 +13,8 @@ The hub's own reads are bounded in bytes too (``page_bytes``).
 
 The hub survives anything one batch can throw at it: a failed read is retried at the next
 ring or poll, an event that cannot be framed is skipped (``frames.py``), and any other error
-is logged and the batch is skipped, never the thread ended.
+is logged and the page handed to every subscriber's own catch-up from SQL; the thread never
+ends and never retries one page forever.
 
 Under load the hub fans out at most once per ``fanout_seconds``: what arrives in between
 goes to each subscriber in one write. Every write to a socket costs about the same whatever it
@@ -85,13 +86,22 @@ class Subscription:
                 len(self._frames) + len(frames) > self._limit
                 or self._bytes + size > self._limit_bytes
             ):
-                self._frames, self._bytes = [], 0
-                self._overflowed = True
+                self._drop()
             else:
                 self._frames.extend(frames)
                 self._bytes += size
             self._heard = True
             self._ready.set()
+
+    def drop(self) -> None:
+        """Drop the buffer and flag an overflow: the reader catches up from SQL."""
+        with self._lock:
+            self._drop()
+            self._ready.set()
+
+    def _drop(self) -> None:
+        self._frames, self._bytes = [], 0
+        self._overflowed = True
 
     def tick(self) -> None:
         """The hub's heartbeat tick: wake the reader if nothing was pushed since the last one."""
@@ -246,8 +256,6 @@ class Hub:
                     self._metrics.polled.inc(found)
             except SQLAlchemyError as error:
                 log.warning("hub could not read new events (%s); retrying", type(error).__name__)
-            except Exception:  # a bug must not end delivery for the whole process
-                log.exception("hub failed to fan out a batch; it carries on")
 
     def _beat(self) -> None:
         while not self._stop.wait(self._heartbeat_seconds):
@@ -261,10 +269,23 @@ class Hub:
         where = EventFilter(after=start)
         for page in pages(self._engine, where, size=self._page_size, max_bytes=self._page_bytes):
             self._fanned_out_at = time.monotonic()
-            self._fan_out(page)
+            try:
+                self._fan_out(page)
+            except Exception:  # a bug must not stop delivery, nor retry the same page forever
+                log.exception("hub failed to fan out events %d-%d", page[0].id, page[-1].id)
+                self._skip(page[-1].id)
             if self._stop.is_set():
                 break
         return self._cursor - start
+
+    def _skip(self, last_id: int) -> None:
+        """Move past a page that could not be fanned out: every subscriber catches up on it
+        from SQL on its own, as after an overflow, so nobody misses it."""
+        with self._lock:
+            self._cursor = max(self._cursor, last_id)
+            everyone = self._everything.union(*self._by_stream.values())
+        for subscription in everyone:
+            subscription.drop()
 
     def _fan_out(self, events: list[StoredEvent]) -> None:
         # Each event is encoded once per format here, however many subscribers it goes to.

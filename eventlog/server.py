@@ -137,7 +137,7 @@ def _server(
             "control_socket_disable": True,
             # Each worker listens on a socket of its own and the kernel spreads connections
             # evenly among them. On one shared socket, whichever worker woke first took the
-            # connection: 687 of 1,000 subscribers landed on one of two workers.
+            # connection, and the split was lopsided (ARCHITECTURE.md, "Serving").
             "reuse_port": workers > 1,
             "logconfig_dict": logging_config(log_format),
             "child_exit": _worker_exited,

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, Engine
 
+from .database import WRITES
 from .errors import IdempotencyConflict
 from .store import Appended, Publish, append_all, needs_transaction
 
@@ -41,7 +42,7 @@ class Writer:
     announces what each transaction stored once it has committed."""
 
     def __init__(self, engine: Engine, announce: Callable[[int, int], None]) -> None:
-        self._engine = engine
+        self._engine = engine.execution_options(**WRITES)
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         # Kept between batches: only the leader uses it, one batch at a time, and checking a
         # connection out of the pool and back cost as much CPU as the statement it runs.

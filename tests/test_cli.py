@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
+from conftest import EVENTLOG_BIN, Server, fresh_postgres_database, server_env
+from helpers import Listener, free_port, wait_until
 
 from eventlog.cli import main
 
@@ -19,7 +24,8 @@ def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["serve"], ["db"], ["db", "upgrade"], ["db", "current"], ["publish"], ["query"]]
+    "command",
+    [[], ["serve"], ["db"], ["db", "upgrade"], ["db", "current"], ["db", "check"], ["publish"], ["query"]],
 )
 def test_every_command_has_help(runner: CliRunner, command: list[str]) -> None:
     result = runner.invoke(main, [*command, "--help"])
@@ -72,3 +78,97 @@ def test_fanout_interval_may_be_zero_but_not_negative(
     assert (result.exit_code == 0) is accepted, result.output
     if not accepted:
         assert "EVENTLOG_FANOUT_SECONDS must be 0 or a positive number" in result.output
+
+
+# --- start-up failures: one line, exit status 1, nothing created by surprise -----------------
+
+def one_line_error(result: Result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [["query"], ["publish", "orders", "1"], ["db", "check"]])
+def test_no_database_file_is_an_error_not_a_new_database(
+    runner: CliRunner, tmp_path: Path, command: list[str]
+) -> None:
+    assert "run `eventlog db upgrade`" in one_line_error(runner.invoke(main, command))
+    assert not (tmp_path / "cli.db").exists()
+
+
+def test_a_database_without_the_schema_says_what_to_run(runner: CliRunner, tmp_path: Path) -> None:
+    sqlite3.connect(tmp_path / "cli.db").close()  # an empty database file
+    assert "has no eventlog schema; run `eventlog db upgrade`" in one_line_error(runner.invoke(main, ["query"]))
+    assert runner.invoke(main, ["db", "current"]).output.strip() == "none"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("nonsense", "EVENTLOG_DATABASE_URL is not a database URL"),
+        ("mysql://db.internal/x", "EVENTLOG_DATABASE_URL: eventlog runs on SQLite or PostgreSQL"),
+        ("", "EVENTLOG_DATABASE_URL is empty"),
+    ],
+)
+def test_a_bad_database_url_names_the_setting(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch, url: str, message: str
+) -> None:
+    monkeypatch.setenv("EVENTLOG_DATABASE_URL", url)
+    assert message in one_line_error(runner.invoke(main, ["query"]))
+
+
+def test_postgres_urls_as_hosting_providers_write_them_work(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with fresh_postgres_database("eventlog_cli") as engine:
+        plain = engine.url.set(drivername="postgres").render_as_string(hide_password=False)
+        monkeypatch.setenv("EVENTLOG_DATABASE_URL", plain)
+        result = runner.invoke(main, ["db", "upgrade"])
+        assert result.exit_code == 0, result.output
+        result = runner.invoke(main, ["publish", "orders", "1"])
+        assert json.loads(result.output)["id"] == 1
+
+
+@pytest.mark.parametrize("migrate", ["--migrate", "--no-migrate"])
+def test_serve_with_an_unreachable_database_is_one_line(migrate: str) -> None:
+    env = server_env(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nowhere")
+    result = subprocess.run(
+        [str(EVENTLOG_BIN), "serve", "--port", str(free_port()), migrate],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: cannot use the database (EVENTLOG_DATABASE_URL)")
+
+
+def test_serve_without_migrating_needs_the_schema(tmp_path: Path) -> None:
+    sqlite3.connect(tmp_path / "empty.db").close()
+    env = server_env(f"sqlite:///{tmp_path / 'empty.db'}")
+    result = subprocess.run(
+        [str(EVENTLOG_BIN), "serve", "--port", str(free_port()), "--no-migrate"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: the database in EVENTLOG_DATABASE_URL has no eventlog schema; run `eventlog db upgrade`"
+    ]
+
+
+def test_a_publish_from_the_shell_is_announced_before_the_command_exits(
+    postgres_url: str, redis_url: str, redis_channel: str, start_server: Callable[..., Server]
+) -> None:
+    """The announcement leaves from a background sender: the command must wait for it, or
+    other processes hear of the event only at their next poll (here a minute away)."""
+    server = start_server(postgres_url, redis_url, REDIS_CHANNEL=redis_channel, POLL_SECONDS=60)
+    listener = Listener(f"{server.url}/streams/shell/events")
+    assert listener.connected.wait(10)
+    env = server_env(postgres_url, redis_url, REDIS_CHANNEL=redis_channel)
+    published = subprocess.run(
+        [str(EVENTLOG_BIN), "publish", "shell", '{"from": "cli"}'], env=env,
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    event_id = json.loads(published.stdout)["id"]
+    wait_until(lambda: listener.ids() == [event_id], timeout=5)
+    listener.close()

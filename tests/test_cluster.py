@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin
 
 import httpx
 import pytest
@@ -181,7 +181,7 @@ def audit(base: str, streams: Sequence[str] = ()) -> list[Event]:
             assert response.status_code == 200, response.text
             page = response.json()
             events.extend(page["events"])
-            url = page["next"]
+            url = None if page["next"] is None else urljoin(base, page["next"])  # a relative link
     return events
 
 

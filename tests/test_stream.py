@@ -6,6 +6,7 @@ import random
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import pytest
 from helpers import wait_until
@@ -252,3 +253,30 @@ def test_stream_ends_at_a_tick_once_the_client_is_gone(eventlog: EventLog) -> No
     assert list(stream) == []  # the next tick ends the stream instead
     assert hub.subscriptions() == set()
     hub.stop()
+
+
+class BrokenOnceHub(Hub):
+    """A real hub whose first fan-out fails, as a bug in it would."""
+
+    failed = False
+
+    def _fan_out(self, events: list[Any]) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a bug in the fan-out")
+        super()._fan_out(events)
+
+
+def test_a_failed_fan_out_hands_its_page_to_every_subscriber_catch_up(eventlog: EventLog) -> None:
+    """The hub moves past a page it could not fan out (instead of retrying it forever), and
+    each subscriber reads that page from SQL itself: nobody misses an event."""
+    hub = BrokenOnceHub(eventlog.engine, eventlog.notifier, poll_seconds=0.05, heartbeat_seconds=0.2)
+    stream = event_stream(eventlog.engine, hub, ["a"], None, retry_ms=100)
+    next(stream)
+    first = eventlog.publish("a", 1)
+    second = eventlog.publish("a", 2)
+    messages = read_until(stream, second.id)
+    stream.close()
+    hub.stop()
+    assert hub.failed
+    assert [int(m.id) for m in messages] == [first.id, second.id]
