@@ -5,11 +5,14 @@
                                       refused (an idempotency conflict, or the database failed)
     publish_duration_seconds          one publish through the writer, from the call to its commit
     live_subscribers                  open live streams
-    delivered_events_total            events written to subscribers, live or replayed
+    delivered_events_total            events written to subscribers, live or replayed (each
+                                      stream adds its count at most once a second, and when
+                                      it idles or ends)
     replayed_events_total             of those, the ones read from SQL (a resume point in the
                                       past, or a catch-up after a buffer overflow)
-    delivery_lag_seconds              from an event's time to its stream's write, per live batch
-                                      (the batch's oldest event)
+    delivery_lag_seconds              from an event's time to its stream's write: the oldest
+                                      event of a live batch, sampled at most once a second
+                                      per stream
     subscriber_overflows_total        buffers dropped for a slow reader (it catches up from SQL)
     resets_total{reason}              ``reset`` events sent: beyond_head, pruned
     pruned_events_total               events removed by retention
@@ -18,8 +21,9 @@
     polled_events_total               events the hub found on its periodic read, not by a ring:
                                       a silent Redis (or an announcement lost) shows here
 
-All names carry the ``eventlog_`` prefix. Counters move once per batch, not per event per
-subscriber: the fan-out is the hot path.
+All names carry the ``eventlog_`` prefix. Counters move once per batch, never per event per
+subscriber, and a live stream's at most once a second (``stream.REPORT_SECONDS``): the fan-out
+is the hot path.
 
 Under ``eventlog serve`` each gunicorn worker writes its values to files in
 ``PROMETHEUS_MULTIPROC_DIR`` (the server sets it) and ``/metrics`` sums them over the workers.
@@ -70,7 +74,8 @@ class Metrics:
         )
         self.delivery_lag: Histogram = Histogram(
             "eventlog_delivery_lag_seconds",
-            "From an event's time to its write to a live subscriber (oldest of each batch).",
+            "From an event's time to its write to a live subscriber (a batch's oldest event;"
+            " at most one batch per stream per second).",
         )
         self.overflows: Counter = Counter(
             "eventlog_subscriber_overflows",

@@ -33,6 +33,11 @@ from .store import head, pages
 log = logging.getLogger(__name__)
 
 HEARTBEAT = sse.comment("heartbeat").encode()
+REPORT_SECONDS = 1.0
+"""How often at most a live stream moves its count of events sent into the metrics, and
+samples its delivery lag (also when it idles or ends). Under ``eventlog serve`` a counter and a
+histogram written per batch cost about 7 µs of CPU per subscriber (locked writes to files),
+about 1 µs per delivery at 8 events a write, where a whole delivery costs 10 to 14 µs."""
 
 
 def event_stream(
@@ -82,6 +87,8 @@ def event_stream(
     finally:
         if subscription is not None:
             hub.unsubscribe(subscription)
+        if reader is not None:
+            reader.report()
         if on_end is not None:
             on_end(0 if reader is None else reader.sent)
 
@@ -107,6 +114,8 @@ class _Reader:
         self.cursor = subscription.position  # the last id sent (or skipped as sent)
         self.ended = False
         self.sent = 0  # events written
+        self._unreported = 0  # of those, not yet in the metrics
+        self._report_at = 0.0  # time.monotonic() of the next live batch's report: the first at once
         self._metrics = metrics.get()
 
     def start(self, resume_after: int | None) -> bytes | None:
@@ -143,6 +152,7 @@ class _Reader:
             encoded = frames.encode(page, envelope=self._subscription.envelope)
             self._metrics.replayed.inc(len(encoded))
             yield from self.send([f for _, f in encoded], last_id=page[-1].id)
+            self.report()
 
     def live(self) -> Iterator[bytes]:
         """Live events from the buffer, and heartbeats, until an overflow or the client leaves."""
@@ -152,6 +162,7 @@ class _Reader:
                 self._metrics.overflows.inc()
                 return  # dropped events: the caller replays them from SQL, then carries on
             if not pushed:  # the hub's tick: idle for a heartbeat interval
+                self.report()
                 if self._client_gone is not None and self._client_gone():
                     self.ended = True
                     return
@@ -159,12 +170,23 @@ class _Reader:
                 continue
             fresh = [f for f in pushed if f.id > self.cursor]
             if fresh:
-                self._metrics.delivery_lag.observe(time.time() - fresh[0].time)
+                sample = time.monotonic() >= self._report_at
+                if sample:
+                    self._metrics.delivery_lag.observe(time.time() - fresh[0].time)
                 yield from self.send(fresh, last_id=fresh[-1].id)
+                if sample:
+                    self.report()
+                    self._report_at = time.monotonic() + REPORT_SECONDS
 
     def send(self, batch: list[Frame], *, last_id: int) -> Iterator[bytes]:
         """Write ``batch`` and move the cursor to ``last_id`` (skipped events included)."""
         yield from frames.chunks(batch)
         self.cursor = last_id
         self.sent += len(batch)
-        self._metrics.delivered.inc(len(batch))
+        self._unreported += len(batch)
+
+    def report(self) -> None:
+        """Move the events sent since the last report into the metrics."""
+        if self._unreported:
+            self._metrics.delivered.inc(self._unreported)
+            self._unreported = 0
