@@ -84,7 +84,8 @@ def _log_request(
 ) -> None:
     method = environ.get("REQUEST_METHOD", "-")
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    names = list(dict.fromkeys(name for name, _ in parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)))
+    query = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    names = list(dict.fromkeys(name for name, _ in query))  # each once, in order; no values
     shown = f"{path}?{'&'.join(names)}" if names else path
     client = environ.get("REMOTE_ADDR", "-")
     stream = "" if events is None else f", stream sent {events} events"

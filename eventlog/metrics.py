@@ -17,7 +17,8 @@
     resets_total{reason}              ``reset`` events sent: beyond_head, pruned
     pruned_events_total               events removed by retention
     notifier_connected                1 while the process hears notifications (Redis subscribed,
-                                      or in-process); 0 while it only polls
+                                      or in-process); 0 while it only polls, or before its
+                                      first stream started its hub
     polled_events_total               events the hub found on its periodic read, not by a ring:
                                       a silent Redis (or an announcement lost) shows here
 
@@ -84,11 +85,12 @@ class Metrics:
         resets = Counter("eventlog_resets", "Reset events sent to subscribers, by reason.", ["reason"])
         self.resets: dict[str, Counter] = {reason: resets.labels(reason) for reason in RESET_REASONS}
         self.pruned: Counter = Counter("eventlog_pruned_events", "Events removed by retention.")
-        # The lowest over live workers: 0 as soon as one of them hears no notifications.
+        # The highest over live workers: a worker listens from its first stream on, so the
+        # lowest would be 0 on any idle worker; Redis down takes every worker to 0.
         self.notifier_connected: Gauge = Gauge(
             "eventlog_notifier_connected",
             "1 while the process hears notifications (Redis subscribed, or in-process).",
-            multiprocess_mode="livemin",
+            multiprocess_mode="livemax",
         )
         self.polled: Counter = Counter(
             "eventlog_polled_events", "Events the hub found by its periodic read, not by a notification."

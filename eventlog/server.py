@@ -47,18 +47,9 @@ class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type h
 
     def load(self) -> Any:
         # Imported here, in the worker, after gevent has patched the standard library.
-        from sqlalchemy.exc import SQLAlchemyError
-
         from .app import create_app
 
-        app = create_app()
-        try:
-            # At once, not at the first stream: the worker hears notifications (and says so
-            # in eventlog_notifier_connected) from the start.
-            app.extensions["eventlog"].hub.start()
-        except SQLAlchemyError as error:
-            log.warning("hub not started (%s); the first stream starts it", type(error).__name__)
-        return with_access_log(with_client_check(app.wsgi_app))
+        return with_access_log(with_client_check(create_app().wsgi_app))
 
 
 def serve(
@@ -71,10 +62,13 @@ def serve(
     # redis; the only module that kept unpatched ssl names is redis.asyncio, which is unused.
     warnings.filterwarnings("ignore", "Monkey-patching ssl", MonkeyPatchWarning)
     owned = _metrics_directory()
+    master = os.getpid()
     try:
         _server(host, port, workers, connections, log_format, notes).run()
     finally:
-        if owned is not None:
+        # A worker leaves through here too (gunicorn ends it with SystemExit): only the master
+        # may remove the directory every worker still writes to.
+        if owned is not None and os.getpid() == master:
             shutil.rmtree(owned, ignore_errors=True)
 
 

@@ -140,9 +140,14 @@ def test_metrics_sum_over_workers_and_forget_a_killed_one(
 def test_notifier_gauge_follows_the_redis_subscription(
     postgres_url: str, redis_server: RedisServer, start_server: StartServer
 ) -> None:
-    server = start_server(postgres_url, redis_server.url, args=["--workers", "2"])
+    """A worker subscribes when its first stream starts its hub; Redis down takes it to 0."""
+    server = start_server(postgres_url, redis_server.url, args=["--workers", "2"], HEARTBEAT_SECONDS=0.5)
+    assert server_value(server, "eventlog_notifier_connected") == 0  # no stream yet, no hub
+    listener = Listener(f"{server.url}/streams/orders/events")
+    assert listener.connected.wait(10)
     wait_until(lambda: server_value(server, "eventlog_notifier_connected") == 1)
     redis_server.stop()
     wait_until(lambda: server_value(server, "eventlog_notifier_connected") == 0)
     redis_server.start()
     wait_until(lambda: server_value(server, "eventlog_notifier_connected") == 1, timeout=20)
+    listener.close()
