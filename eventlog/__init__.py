@@ -11,9 +11,11 @@ from .app import create_app
 from .errors import (
     ConfigError,
     EventlogError,
+    Forbidden,
     IdempotencyConflict,
     InvalidRequest,
     PayloadTooLarge,
+    Unauthorized,
     UnsupportedMediaType,
 )
 from .events import EventFilter, NewEvent, StoredEvent
@@ -26,12 +28,14 @@ __all__ = [
     "EventFilter",
     "EventLog",
     "EventlogError",
+    "Forbidden",
     "IdempotencyConflict",
     "InvalidRequest",
     "NewEvent",
     "Page",
     "PayloadTooLarge",
     "StoredEvent",
+    "Unauthorized",
     "UnsupportedMediaType",
     "blueprint",
     "create_app",

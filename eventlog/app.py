@@ -24,7 +24,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(from_environment())
     if test_config is not None:
         app.config.update(test_config)
-    EventLog(app)
+    events = EventLog(app)
+    # Here the whole app is eventlog's: a Host it does not answer to (a DNS rebinding name
+    # reaching a loopback server, say) is a 400 on every route.
+    app.config["TRUSTED_HOSTS"] = events.settings.trusted_hosts()
     app.register_blueprint(api.blueprint)
     app.register_blueprint(assets.blueprint)
     # Here the whole app is eventlog's: routing errors (404, 405) are problem+json too.

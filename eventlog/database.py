@@ -7,7 +7,6 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-
 WRITE_OPTION = "eventlog_writes"
 WRITES = {WRITE_OPTION: True}
 """Execution options for an engine whose transactions write the log (see ``make_engine``)."""

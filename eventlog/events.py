@@ -1,6 +1,6 @@
 """The event types: what goes into the log, what comes out, and which events a reader wants.
 
-A leaf module (it imports only the pure SSE format and the errors). Each type checks its
+A leaf module (it imports only the pure SSE format, the strict JSON parser and the errors). Each type checks its
 invariants when it is built, whatever the entry point (HTTP, the CLI, an application's own
 code), so nothing reaches the table that the hub could not send, and no filter reaches the
 database that it could not run.
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from . import body as strict_json
 from .errors import InvalidRequest, PayloadTooLarge
 from .sse import DEFAULT_TYPE
 
@@ -76,9 +77,9 @@ class NewEvent:
         if not isinstance(self.data, str):
             raise InvalidRequest("'data' must be JSON text; NewEvent.of() encodes a value")
         try:
-            json.loads(self.data, parse_constant=_refuse_constant)
-        except (ValueError, RecursionError):
-            raise InvalidRequest("'data' is not JSON text") from None
+            strict_json.loads(self.data)
+        except (ValueError, RecursionError) as error:
+            raise InvalidRequest(f"'data' is not JSON text: {error}") from None
 
     @classmethod
     def of(
@@ -166,7 +167,3 @@ def rfc3339(moment: datetime) -> str:
 def utc(moment: datetime) -> datetime:
     """``moment`` in UTC; a naive time (SQLite hands those back) is taken as UTC."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask, current_app, has_app_context
@@ -23,9 +24,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, scoped_session
 
 from . import metrics, migrate
-from .config import Settings
+from .auth import TokenAuth
+from .config import Settings, key_of
 from .database import make_engine
-from .errors import IdempotencyConflict
+from .errors import ConfigError, IdempotencyConflict
 from .events import EventFilter, NewEvent, StoredEvent
 from .hub import Hub
 from .notify import LocalNotifier, Notifier, RedisNotifier
@@ -47,6 +49,7 @@ class _State:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        auth = TokenAuth.from_settings(settings)  # first: a bad key opens nothing
         self.engine = make_engine(settings.database_url)
         self.notifier: Notifier = (
             RedisNotifier(settings.redis_url, settings.redis_channel)
@@ -64,6 +67,7 @@ class _State:
             page_bytes=settings.page_bytes,
         )
         self.writer = Writer(self.engine, self.notifier.announce)
+        self.auth = auth
 
     def close(self) -> None:
         self.hub.stop()
@@ -110,6 +114,34 @@ class EventLog:
     @property
     def notifier(self) -> Notifier:
         return self._state().notifier
+
+    @property
+    def auth(self) -> TokenAuth | None:
+        """The token verifier, or None when no key is configured (the API is open)."""
+        return self._state().auth
+
+    # --- tokens ----------------------------------------------------------------------------
+
+    def token(
+        self,
+        *,
+        publish: Iterable[str] = (),
+        subscribe: Iterable[str] = (),
+        ttl: float | timedelta = 3600,
+        subject: str | None = None,
+    ) -> str:
+        """Mint a token with ``EVENTLOG_JWT_SECRET``, e.g. for the logged-in user's browser::
+
+            events.token(subscribe=[f"user.{user.id}.*", "broadcast"], ttl=600, subject=str(user.id))
+
+        ``ttl``: its lifetime, in seconds or as a ``timedelta``. Raises ConfigError without
+        a secret (with only a public key, tokens are minted where the private key is).
+        """
+        auth = self.auth
+        if auth is None:
+            raise ConfigError(f"set {key_of('jwt_secret')} to mint tokens")
+        seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+        return auth.mint(publish=publish, subscribe=subscribe, ttl=seconds, subject=subject)
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -217,9 +249,11 @@ class EventLog:
         *,
         envelope: bool = False,
         client_gone: Callable[[], bool] | None = None,
+        expires_at: float | None = None,
         on_end: Callable[[int], None] | None = None,
     ) -> Iterator[bytes]:
-        """The SSE bytes of a live stream with replay (see ``stream.event_stream``)."""
+        """The SSE bytes of a live stream with replay (see ``stream.event_stream``); with
+        ``expires_at`` (a token's expiry, seconds since the epoch) it ends then."""
         state = self._state()
         return event_stream(
             state.engine,
@@ -230,6 +264,7 @@ class EventLog:
             envelope=envelope,
             page_bytes=state.settings.page_bytes,
             client_gone=client_gone,
+            expires_at=expires_at,
             on_end=on_end,
         )
 

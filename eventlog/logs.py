@@ -106,9 +106,10 @@ def _log_request(
     )
 
 
-def logging_config(format: str) -> dict[str, Any]:
+def logging_config(format: str, level: str = "info") -> dict[str, Any]:
     """The ``logging.config.dictConfig`` of the server's processes: every line (eventlog's,
-    gunicorn's) on stderr with time and level, as text or one JSON object per line."""
+    gunicorn's) from ``level`` up on stderr with time and level, as text or one JSON object
+    per line."""
     formatter: dict[str, Any] = (
         {
             "()": "pythonjsonlogger.json.JsonFormatter",
@@ -126,11 +127,11 @@ def logging_config(format: str) -> dict[str, Any]:
         "handlers": {
             "stderr": {"class": "logging.StreamHandler", "formatter": "eventlog", "stream": "ext://sys.stderr"}
         },
-        "root": {"level": "INFO", "handlers": ["stderr"]},
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
         "loggers": {
             # gunicorn's own lines go through the same handler; its access log stays off
             # (``eventlog.access`` is the one that knows what to leave out).
-            "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+            "gunicorn.error": {"handlers": [], "propagate": True},  # its level: --log-level
             "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
         },
     }

@@ -1,22 +1,41 @@
 """``eventlog serve``: gunicorn with gevent workers, so an idle SSE connection costs a
-greenlet (a few kilobytes), not a thread."""
+greenlet (a few kilobytes), not a thread.
+
+What gunicorn does below Flask is bounded and answered here:
+- a request head must arrive within ``keepalive`` seconds (of connecting, or of the previous
+  response); a stalled one is closed without an answer, as the client may never have begun;
+- a request body must arrive within ``EVENTLOG_REQUEST_TIMEOUT_SECONDS`` of its head: then
+  the client gets a 408, and the connection closes; a malformed chunked body is a 400;
+- gunicorn's own refusals (a request line or header too long, a malformed request line or
+  Content-Length) are problem+json like every other error, not gunicorn's HTML page.
+"""
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import resource
 import shutil
 import socket
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import gevent
 from gevent.monkey import MonkeyPatchWarning
+from gunicorn import util
 from gunicorn.app.base import BaseApplication
+from gunicorn.http.errors import ParseException
+from gunicorn.workers.ggevent import GeventWorker
+from werkzeug.exceptions import BadRequest, RequestTimeout
+
+from .config import ANY_HOST, is_loopback, key_of
+from .errors import problem
 
 from .logs import logging_config, with_access_log
 from .metrics import MULTIPROCESS_DIR
@@ -25,12 +44,22 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+KEEPALIVE_SECONDS = 5
+"""How long a connection may idle between requests, and the time a request head has."""
+LIMIT_REQUEST_LINE = 8190
+"""Longest request line (method, URL, version) in bytes: gunicorn's maximum. A GET /events
+naming twenty 200-character streams needs about 4,300."""
+LIMIT_REQUEST_FIELDS = 100
+LIMIT_REQUEST_FIELD_SIZE = 8190
+"""Most header fields, and the longest one in bytes (a long cookie or token still fits)."""
 
 
 class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
     """A gunicorn application that builds the eventlog app inside each worker."""
 
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, access_log: bool, options: dict[str, Any]) -> None:
+        self.access_log = access_log  # eventlog's own (logs.py), not gunicorn's
         self.options = options
         super().__init__()
 
@@ -49,22 +78,69 @@ class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type h
         # Imported here, in the worker, after gevent has patched the standard library.
         from .app import create_app
 
-        return with_access_log(with_client_check(create_app().wsgi_app))
+        app = create_app()
+        timeout = app.extensions["eventlog"].settings.request_timeout_seconds
+        wrapped = with_connection(app.wsgi_app, request_timeout=timeout)
+        return with_access_log(wrapped) if self.access_log else wrapped
+
+
+class Worker(GeventWorker):  # type: ignore[misc]
+    """gunicorn's gevent worker, with its own error answers as problem+json."""
+
+    def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
+        # gunicorn decides the status and logs; only the page it would write is replaced.
+        page = _Written()
+        super().handle_error(req, page, addr, exc)
+        status, reason = page.status()
+        detail = str(exc) if 400 <= status < 500 else "the server failed; see its log"
+        body = json.dumps(problem(status, reason, detail or reason))
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+            f"Content-Type: {PROBLEM_JSON}\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        try:
+            util.write_nonblock(client, (head + body).encode())
+        except OSError:
+            self.log.debug("Failed to send error message.")
+
+
+class _Written:
+    """Stands in for the client socket while gunicorn writes its HTML error page."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def gettimeout(self) -> float:
+        return 0.0
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+    def status(self) -> tuple[int, str]:
+        """The status code and reason of what was written (500 if nothing was)."""
+        _, code, reason = self.data.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+        return (int(code), reason) if code.isdigit() else (500, "Internal Server Error")
 
 
 def serve(
-    host: str, port: int, workers: int, connections: int, log_format: str, notes: Sequence[str] = ()
+    host: str, port: int, workers: int, connections: int, *, log_level: str = "info",
+    access_log: bool = False, log_format: str = "text", notes: Sequence[str] = (),
 ) -> None:
-    """Run the server in the foreground until it is told to stop; ``notes`` are logged as
-    warnings once it listens (in the log's format, like every other line)."""
+    """Run the server in the foreground until it is told to stop; ``access_log`` writes a
+    line per request to stderr; ``notes`` are logged as warnings once it listens (in the
+    log's format, like every other line)."""
     _raise_open_file_limit(connections + 100)
+    # The default allowed hosts are the loopback names, right for a loopback bind; bound
+    # elsewhere, the server cannot know the names it is reached by. The workers inherit this.
+    if key_of("allowed_hosts") not in os.environ and not is_loopback(host):
+        os.environ[key_of("allowed_hosts")] = ANY_HOST
     # The worker patches the standard library after the fork, once this process has imported
     # redis; the only module that kept unpatched ssl names is redis.asyncio, which is unused.
     warnings.filterwarnings("ignore", "Monkey-patching ssl", MonkeyPatchWarning)
     owned = _metrics_directory()
     master = os.getpid()
     try:
-        _server(host, port, workers, connections, log_format, notes).run()
+        _server(host, port, workers, connections, log_level, log_format, notes, access_log).run()
     finally:
         # A worker leaves through here too (gunicorn ends it with SystemExit): only the master
         # may remove the directory every worker still writes to.
@@ -116,42 +192,101 @@ def _url(address: tuple[str, int] | str) -> str:
 
 
 def _server(
-    host: str, port: int, workers: int, connections: int, log_format: str, notes: Sequence[str]
+    host: str, port: int, workers: int, connections: int, log_level: str, log_format: str,
+    notes: Sequence[str], access_log: bool,
 ) -> Server:
     return Server(
+        access_log,
         {
             "bind": f"{host}:{port}",
             "workers": workers,
-            "worker_class": "gevent",
+            "worker_class": f"{__name__}.Worker",
             "worker_connections": connections,
             # SSE connections never finish by themselves: don't wait long for them on shutdown.
             "graceful_timeout": 5,
-            "keepalive": 5,
+            "keepalive": KEEPALIVE_SECONDS,
+            "limit_request_line": LIMIT_REQUEST_LINE,
+            "limit_request_fields": LIMIT_REQUEST_FIELDS,
+            "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
             # Several servers may run on one host; gunicorn's control socket path would clash.
             "control_socket_disable": True,
             # Each worker listens on a socket of its own and the kernel spreads connections
             # evenly among them. On one shared socket, whichever worker woke first took the
             # connection, and the split was lopsided (ARCHITECTURE.md, "Serving").
             "reuse_port": workers > 1,
-            "logconfig_dict": logging_config(log_format),
+            "loglevel": log_level,
+            "logconfig_dict": logging_config(log_format, log_level),
             "child_exit": _worker_exited,
             "when_ready": functools.partial(_ready, notes=notes),
         }
     )
 
 
-def with_client_check(app: WSGIApplication) -> WSGIApplication:
-    """Wrap ``app`` so each request's environ holds a check of whether its client has gone
-    (under ``api.CLIENT_GONE``), from the socket gunicorn hands over as ``gunicorn.socket``."""
+def with_connection(app: WSGIApplication, *, request_timeout: float) -> WSGIApplication:
+    """Wrap ``app`` for gunicorn's connections: each request's environ holds a check of
+    whether its client has gone (under ``api.CLIENT_GONE``), from the socket gunicorn hands
+    over as ``gunicorn.socket``; its body must arrive within ``request_timeout``; and it no
+    longer holds a token given in its URL (gunicorn's access log reads the environ)."""
     from .api import CLIENT_GONE
+    from .http_auth import take_url_tokens
 
     def wrapped(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        take_url_tokens(environ)
         client = environ.get("gunicorn.socket")
         if client is not None:
             environ[CLIENT_GONE] = _closed_by_peer(client)
+            deadline = time.monotonic() + request_timeout
+            environ["wsgi.input"] = _TimedBody(environ["wsgi.input"], deadline, request_timeout)
         return app(environ, start_response)
 
     return wrapped
+
+
+class _TimedBody:
+    """A request body (gunicorn's) whose reads fail once ``deadline`` has passed.
+
+    A read that runs out of time raises TimeoutError inside gunicorn's reader, which then
+    marks the body failed, so the connection closes after the 408 instead of being reused.
+    The deadline covers the whole body: a client trickling a byte at a time meets it too.
+    """
+
+    def __init__(self, body: Any, deadline: float, timeout: float) -> None:
+        self._body = body
+        self._deadline = deadline
+        self._timeout = timeout
+
+    def read(self, size: int | None = -1) -> bytes:
+        data: bytes = self._call(self._body.read, size)
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line: bytes = self._call(self._body.readline, size)
+        return line
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        lines: list[bytes] = self._call(self._body.readlines, hint)
+        return lines
+
+    def __iter__(self) -> _TimedBody:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def _call(self, read: Callable[[int | None], Any], size: int | None) -> Any:
+        remaining = self._deadline - time.monotonic()
+        try:
+            with gevent.Timeout(max(remaining, 0.001), TimeoutError()):
+                return read(size)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body did not arrive within {self._timeout:g} s"
+            ) from None
+        except ParseException as error:  # a malformed chunked body
+            raise BadRequest(f"the request body is malformed: {error}") from None
 
 
 def _closed_by_peer(client: socket.socket) -> Callable[[], bool]:

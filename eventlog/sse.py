@@ -9,6 +9,10 @@ Deliberate choices:
 - A data value with line breaks becomes several ``data:`` lines; the reader joins them with LF.
 - ``event:`` is left out for type ``message``, the type EventSource's ``onmessage`` receives.
 - An id or type containing CR, LF (or, for ids, NUL) is refused: it would break the frame.
+- ``retry:`` and comments go without a blank line after them: the spec dispatches nothing
+  for such a blank line, but fetch-event-source and httpx-sse hand it to the application as
+  an event with empty data (on which ``JSON.parse`` throws).
+- A resume point is plain digits or nothing; it is never trimmed or otherwise repaired.
 """
 
 from __future__ import annotations
@@ -57,26 +61,33 @@ def frame(id: int, event: str, data: str, time: float) -> Frame:
 
 
 def comment(text: str = "") -> str:
-    """A comment line (ignored by readers; keeps idle connections open through proxies)."""
-    return "".join(f": {line}\n" for line in _LINE_BREAK.split(text)) + "\n"
+    """A comment line (ignored by readers; keeps idle connections open through proxies).
+
+    No blank line follows: the spec dispatches nothing for it anyway, but some clients
+    hand every blank line to the application as an event with empty data."""
+    return "".join(f": {line}\n" for line in _LINE_BREAK.split(text))
 
 
 def retry(milliseconds: int) -> str:
-    """The field that sets how long a reader waits before reconnecting."""
-    return f"retry: {int(milliseconds)}\n\n"
+    """The field that sets how long a reader waits before reconnecting.
+
+    A field line of its own, with no blank line after it (see ``comment``): a reader takes
+    the value at once, and the event buffer it leaves untouched."""
+    return f"retry: {int(milliseconds)}\n"
 
 
 def parse_last_event_id(value: str | None) -> int | None:
     """The resume point from ``Last-Event-ID`` or ``?last_event_id=``: a non-negative id.
 
-    Empty or absent means "no resume point". Anything else raises ValueError.
+    Empty or absent means "no resume point". Anything else but ASCII digits, spaces and
+    line breaks included, raises ValueError: every id this server sends is plain digits, so
+    anything else is not one of its ids, and guessing one from it could skip events.
     """
-    if value is None or value.strip() == "":
+    if not value:
         return None
-    text = value.strip()
-    if not text.isascii() or not text.isdigit() or len(text) > 19:
+    if not value.isascii() or not value.isdigit() or len(value) > 19:
         raise ValueError(f"{value[:40]!r} is not an event id (a whole number >= 0)")
-    return int(text)
+    return int(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,15 +89,20 @@ def empty_postgres(engine: Engine) -> None:
         conn.execute(text("UPDATE event_counter SET last_id = 0"))
 
 
+def sqlite_database(folder: Path) -> str:
+    """The URL of a new, migrated SQLite database in ``folder``."""
+    url = f"sqlite:///{folder / 'eventlog.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    return url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A migrated, empty database on each backend."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'eventlog.db'}"
-        engine = make_engine(url)
-        upgrade(engine)
-        engine.dispose()
-        return url
+        return sqlite_database(tmp_path)
     engine = request.getfixturevalue("postgres_engine")
     empty_postgres(engine)
     return url_of(engine)
@@ -212,22 +217,24 @@ class Server:
     port: int
     env: dict[str, str]
     args: list[str]
-    log: Path | None = None  # where its stderr (every log line) goes; inherited if None
     process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None  # where its stdout and stderr go (default: the test's own)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        with contextlib.ExitStack() as files:
-            stderr = None if self.log is None else files.enter_context(self.log.open("ab"))
-            self.process = subprocess.Popen(
-                [str(EVENTLOG_BIN), "serve", "--port", str(self.port), "--no-migrate", *self.args],
-                env=self.env,
-                stderr=stderr,
-                start_new_session=True,  # its own process group: kill() takes the workers too
-            )
+        output = None if self.log is None else self.log.open("ab")
+        self.process = subprocess.Popen(
+            [str(EVENTLOG_BIN), "serve", "--port", str(self.port), "--no-migrate", *self.args],
+            env=self.env,
+            stdout=output,
+            stderr=output,
+            start_new_session=True,  # its own process group: kill() takes the workers too
+        )
+        if output is not None:
+            output.close()  # the child holds its own copy
         wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200, timeout=30)
 
     def kill(self) -> None:
@@ -268,8 +275,8 @@ def start_server() -> Iterator[Callable[..., Server]]:
     """Start ``eventlog serve`` processes: ``start_server(database_url, redis_url=None, ...)``.
 
     Extra keyword arguments become EVENTLOG_* settings (``POLL_SECONDS=0.5``); ``args`` are
-    extra command-line arguments; ``log`` a file for the server's stderr; ``env`` more
-    environment variables. Every server is stopped when the test ends.
+    extra command-line arguments; ``log`` a file for its output; ``env`` more environment
+    variables. Every server is stopped when the test ends.
     """
     servers: list[Server] = []
 
@@ -284,7 +291,7 @@ def start_server() -> Iterator[Callable[..., Server]]:
         **settings: Any,
     ) -> Server:
         environment = {**server_env(database_url, redis_url, **settings), **(env or {})}
-        server = Server(port or free_port(), environment, args or [], log)
+        server = Server(port or free_port(), environment, args or [], log=log)
         servers.append(server)  # before start(), so a server that never got ready is stopped too
         server.start()
         return server

@@ -25,7 +25,8 @@ def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["serve"], ["db"], ["db", "upgrade"], ["db", "current"], ["db", "check"], ["publish"], ["query"]],
+    [[], ["serve"], ["db"], ["db", "upgrade"], ["db", "current"], ["db", "check"], ["publish"], ["query"],
+     ["token", "create"]],
 )
 def test_every_command_has_help(runner: CliRunner, command: list[str]) -> None:
     result = runner.invoke(main, [*command, "--help"])

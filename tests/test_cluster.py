@@ -418,7 +418,7 @@ def test_workers_of_one_server_get_even_shares_of_the_connections(
             streams.append(stream)
         for stream in streams:
             stream.settimeout(10)
-            stream.sendall(b"GET /streams/even/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+            stream.sendall(b"GET /streams/even/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
         for stream in streams:
             received = b""
             while b"retry:" not in received:  # sent once the worker's hub has registered it

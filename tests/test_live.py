@@ -12,7 +12,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import EVENTLOG_BIN, Server, empty_postgres, server_env, url_of
+from conftest import (
+    EVENTLOG_BIN,
+    Server,
+    empty_postgres,
+    server_env,
+    sqlite_database,
+    url_of,
+)
 from helpers import Listener, free_port, publish, wait_until
 from sqlalchemy import Engine, text
 
@@ -26,10 +33,7 @@ SSE = {"Accept": "text/event-stream"}
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server per backend for the module; tests use streams of their own."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('live') / 'eventlog.db'}"
-        engine = make_engine(url)
-        upgrade(engine)
-        engine.dispose()
+        url = sqlite_database(tmp_path_factory.mktemp("live"))
     else:
         engine = request.getfixturevalue("postgres_engine")
         empty_postgres(engine)
@@ -51,11 +55,11 @@ def test_headers_and_first_bytes_arrive_at_once(server: Server) -> None:
         "GET", f"{server.url}/streams/orders/events", headers={**SSE, "Accept-Encoding": "gzip"}
     ) as response:
         assert response.status_code == 200
-        assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert response.headers["content-type"] == "text/event-stream"  # exactly: some clients compare it
         assert response.headers["cache-control"] == "no-cache"
         assert response.headers["x-accel-buffering"] == "no"
         assert "content-encoding" not in response.headers  # never compressed: it would buffer
-        assert next(response.iter_raw()) == b"retry: 500\n\n"
+        assert next(response.iter_raw()) == b"retry: 500\n"
 
 
 def test_replay_then_live_across_streams(server: Server) -> None:
@@ -115,7 +119,7 @@ def test_closed_client_frees_its_subscription_within_a_heartbeat(server: Server)
     wait_until(lambda: subscribers(server) == 0, timeout=5)  # earlier tests' clients are gone
     sock = socket.create_connection(("127.0.0.1", server.port))
     with sock:
-        sock.sendall(b"GET /streams/c/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        sock.sendall(b"GET /streams/c/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
         received = b""
         while b"retry:" not in received:
             received += sock.recv(4096)
@@ -157,7 +161,7 @@ def test_database_outage_ends_streams_with_200_so_clients_come_back(
     database.mkdir()  # unopenable from now on
     response = httpx.get(f"{server.url}/streams/a/events", headers=SSE, timeout=10)
     assert response.status_code == 200
-    assert response.text == "retry: 2000\n\n"
+    assert response.text == "retry: 2000\n"
     assert httpx.get(f"{server.url}/readyz").status_code == 503
 
 

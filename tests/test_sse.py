@@ -73,12 +73,14 @@ def test_decoder_follows_spec_field_rules() -> None:
     assert messages == [Message("no space", "message", "5"), Message(" two spaces", "message", "5")]
 
 
-@pytest.mark.parametrize(("raw", "expected"), [(None, None), ("", None), (" 41 ", 41), ("0", 0)])
+@pytest.mark.parametrize(("raw", "expected"), [(None, None), ("", None), ("41", 41), ("0", 0)])
 def test_last_event_id_parses(raw: str | None, expected: int | None) -> None:
     assert sse.parse_last_event_id(raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["-1", "abc", "1.5", "٣", "99999999999999999999"])
+@pytest.mark.parametrize(
+    "raw", ["-1", "abc", "1.5", "٣", "99999999999999999999", " 41 ", "41\r\n", "\n41", " "]
+)
 def test_bad_last_event_id_is_refused(raw: str) -> None:
     with pytest.raises(ValueError):
         sse.parse_last_event_id(raw)
