@@ -45,7 +45,8 @@ def test_access_log_has_a_line_per_request_and_no_query_values(
     requests = [shape.fullmatch(line.split(": ", 1)[1]) for line in lines if "/healthz" not in line]
     assert [r.groups() if r else None for r in requests] == [
         ("127.0.0.1", "POST", "/streams/orders/events", "201", None),
-        ("127.0.0.1", "GET", "/events?stream&access_token&limit", "400", None),
+        # The server takes a URL token out before anything reads the request: not even its name.
+        ("127.0.0.1", "GET", "/events?stream&limit", "400", None),
         ("127.0.0.1", "POST", "/streams/orders/events", "201", None),
         ("127.0.0.1", "POST", "/streams/orders/events", "201", None),
         ("127.0.0.1", "GET", "/streams/orders/events?last_event_id", "200", "2"),
@@ -60,9 +61,11 @@ def test_json_logs_are_one_object_per_line(
     server = start_server(database_url, log=log, args=["--workers", "2", "--access-log"], LOG_FORMAT="json")
     publish(server.url, "orders", {"n": 1})
     httpx.get(f"{server.url}/streams/orders/events?access_token={SECRET}", timeout=5)
-    wait_until(lambda: "access_token" in log.read_text())  # ours, logged
+    wait_until(lambda: '"method": "GET", "path": "/streams/orders/events"' in log.read_text())
 
-    records = [json.loads(line) for line in log.read_text().splitlines()]  # every line
+    lines = log.read_text().splitlines()
+    # Every line but the schema check's answer on stdout (the child that runs `eventlog db check`).
+    records = [json.loads(line) for line in lines if not line.startswith("database at revision")]
     assert SECRET not in log.read_text()
     assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
     assert any("by polling" in r["message"] and r["level"] == "WARNING" for r in records)
@@ -72,7 +75,7 @@ def test_json_logs_are_one_object_per_line(
     gets = [r for r in records if r["logger"] == "eventlog.access" and r["path"] == "/streams/orders/events"]
     assert [(r["method"], r["status"], r["query"]) for r in gets] == [
         ("POST", 201, []),
-        ("GET", 400, ["access_token"]),  # a parameter the audit query does not know
+        ("GET", 200, []),  # a JSON page; the URL token was taken out before anything read it
     ]
     assert gets[0]["bytes"] > 0 and gets[0]["duration_seconds"] >= 0
 
