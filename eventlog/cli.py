@@ -16,11 +16,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-from tqdm import tqdm
 from flask import Flask
 from flask.cli import ScriptInfo
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from tqdm import tqdm
 
 from . import body as strict_json
 from .app import create_app
@@ -112,24 +112,30 @@ def flask_group() -> None:
 )
 @click.option(
     "--access-log", envvar="EVENTLOG_ACCESS_LOG", show_envvar=True, is_flag=True,
-    help="Write an access log line per request to stderr (tokens in URLs left out).",
+    help="Write an access log line per request to stderr (query values left out).",
+)
+@click.option(
+    "--log-format", envvar="EVENTLOG_LOG_FORMAT", show_envvar=True, default="text",
+    type=click.Choice(["text", "json"]), help="Log lines as text, or as one JSON object per line.",
 )
 def serve(
     host: str, port: int, workers: int, connections: int, migrate: bool, insecure: bool,
-    log_level: str, access_log: bool,
+    log_level: str, access_log: bool, log_format: str,
 ) -> None:
-    """Run the HTTP server (gunicorn with gevent workers)."""
+    """Run the HTTP server (gunicorn with gevent workers).
+
+    gunicorn settings that eventlog does not set itself may be given in GUNICORN_CMD_ARGS.
+    """
     try:
         settings = Settings.from_config(from_environment())
         auth = TokenAuth.from_settings(settings)  # reads the key file: a bad one stops us here
     except ConfigError as error:
         raise click.ClickException(error.detail) from None
-    warning = None if auth is not None else _open_access_warning(host, port, insecure)
+    notes = [] if auth is not None else [_open_access_warning(host, port, insecure)]
     if workers > 1 and not settings.redis_url:
-        click.echo(
-            "note: without EVENTLOG_REDIS_URL each worker learns of the others' events"
-            " by polling, about once a second",
-            err=True,
+        notes.append(
+            "without EVENTLOG_REDIS_URL each worker learns of the others' events"
+            " by polling, about once a second"
         )
     from .server import check_port_free
     from .server import serve as run_server
@@ -145,9 +151,11 @@ def serve(
     step = "upgrade" if migrate else "check"
     if subprocess.run([sys.executable, "-P", "-m", "eventlog", "db", step]).returncode != 0:
         sys.exit(1)
-    if warning is not None:
-        click.echo(warning, err=True)  # once, now that the server is about to start
-    run_server(host, port, workers, connections, log_level=log_level, access_log=access_log)
+    # Logged once the server listens, so a failed start stays one line.
+    run_server(
+        host, port, workers, connections, log_level=log_level, access_log=access_log,
+        log_format=log_format, notes=notes,
+    )
 
 
 def _open_access_warning(host: str, port: int, insecure: bool) -> str:

@@ -34,9 +34,10 @@ IPv6 literal; reach an IPv6 loopback server as ``localhost``."""
 ANY_HOST = "*"
 
 
-def _setting(default: Any, *, zero: bool = False) -> Any:
-    """A field of the table; ``zero`` says 0 is a meaningful value (the feature is off)."""
-    return dataclasses.field(default=default, metadata={"zero": zero})
+def _setting(default: Any, *, zero: bool = False, choices: tuple[str, ...] = ()) -> Any:
+    """A field of the table; ``zero`` says 0 is a meaningful value (the feature is off);
+    ``choices`` are the only values a text setting takes."""
+    return dataclasses.field(default=default, metadata={"zero": zero, "choices": choices})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ class Settings:
     retain_seconds: float = _setting(0.0, zero=True)
     retain_events: int = _setting(0, zero=True)
     prune_seconds: float = 60.0
+    metrics: str = _setting("on", choices=("on", "off"))
 
     def trusted_hosts(self) -> list[str] | None:
         """``allowed_hosts`` as Flask's ``TRUSTED_HOSTS``: None (any host) for ``*``."""
@@ -137,7 +139,11 @@ def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
     key = key_of(field.name)
     kind: type[Any] = type(field.default)
     if kind is str:
-        return "" if raw is None else str(raw)
+        text = "" if raw is None else str(raw)
+        choices = field.metadata.get("choices", ())
+        if choices and text not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {raw!r}")
+        return text
     try:
         value = kind(raw)
     except (TypeError, ValueError):

@@ -12,6 +12,7 @@ context its only app's); a second ``init_app`` on the same app is refused.
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
@@ -22,7 +23,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, scoped_session
 
-from . import migrate
+from . import metrics, migrate
 from .auth import TokenAuth
 from .config import Settings, key_of
 from .database import Timeouts, make_engine
@@ -32,7 +33,16 @@ from .hub import Hub
 from .notify import LocalNotifier, Notifier, RedisNotifier
 from .retention import Policy, Pruner, count, prune
 from .sse import DEFAULT_TYPE
-from .store import Appended, Page, Publish, append_all, count_events, pages, read_page, snapshot
+from .store import (
+    Appended,
+    Page,
+    Publish,
+    append_all,
+    count_events,
+    pages,
+    read_page,
+    snapshot,
+)
 from .stream import event_stream
 from .transaction import announce_after_commit
 from .validation import parse_events
@@ -210,9 +220,30 @@ class EventLog:
     ) -> Appended:
         """Store already-checked events; raises IdempotencyConflict for a reused key."""
         state = self._state()
-        if session is None:
-            return state.writer.write(Publish(events, idempotency_key))
-        connection, announce_later = announce_after_commit(session, state.notifier)
+        measured = metrics.get()
+        try:
+            if session is None:
+                started = time.perf_counter()
+                try:
+                    outcome = state.writer.write(Publish(events, idempotency_key))
+                finally:
+                    measured.publish_duration.observe(time.perf_counter() - started)
+                if not outcome.replayed:
+                    measured.stored.inc(len(events))
+            else:
+                outcome = self._append_in(session, events, idempotency_key)
+        except Exception:
+            measured.refused.inc(len(events))
+            raise
+        if outcome.replayed:
+            measured.idempotent_replay.inc(len(events))
+        return outcome
+
+    def _append_in(
+        self, session: DatabaseSession, events: Sequence[NewEvent], idempotency_key: str | None
+    ) -> Appended:
+        """Write in the caller's transaction; announce (and count as stored) after its commit."""
+        connection, announce_later = announce_after_commit(session, self._state().notifier)
         [outcome] = append_all(connection, [Publish(events, idempotency_key)])
         if isinstance(outcome, IdempotencyConflict):
             raise outcome
@@ -273,6 +304,7 @@ class EventLog:
         envelope: bool = False,
         client_gone: Callable[[], bool] | None = None,
         expires_at: float | None = None,
+        on_end: Callable[[int], None] | None = None,
     ) -> Iterator[bytes]:
         """The SSE bytes of a live stream with replay (see ``stream.event_stream``); with
         ``expires_at`` (a token's expiry, seconds since the epoch) it ends then."""
@@ -287,6 +319,7 @@ class EventLog:
             page_bytes=state.settings.page_bytes,
             client_gone=client_gone,
             expires_at=expires_at,
+            on_end=on_end,
         )
 
     def readiness(self) -> dict[str, str]:

@@ -31,10 +31,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, and_, case, delete, func, select, text
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    case,
+    delete,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import metrics
 from .models import Event, IdempotencyKey, PrunedStream
 
 log = logging.getLogger(__name__)
@@ -123,6 +134,7 @@ def prune(
                 began = time.monotonic()
                 ids, after = _delete_batch(conn, step, after)
                 deleted += len(ids)
+                metrics.get().pruned.inc(len(ids))
                 if on_batch is not None and ids:
                     on_batch(len(ids))
                 # As long as the batch took: the database spends at most half its time on

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import frames, sse
+from . import frames, metrics, sse
 from .events import RESET_TYPE, EventFilter
 from .hub import Hub, Subscription
 from .sse import Frame
@@ -39,6 +40,11 @@ from .store import Page, head, oldest, pages
 log = logging.getLogger(__name__)
 
 HEARTBEAT = sse.comment("heartbeat").encode()
+REPORT_SECONDS = 1.0
+"""How often at most a live stream moves its count of events sent into the metrics, and
+samples its delivery lag (also when it idles or ends). Under ``eventlog serve`` a counter and a
+histogram written per batch cost about 7 µs of CPU per subscriber (locked writes to files),
+about 1 µs per delivery at 8 events a write, where a whole delivery costs 10 to 14 µs."""
 
 
 def event_stream(
@@ -53,6 +59,7 @@ def event_stream(
     page_bytes: int = 8 * 1024 * 1024,
     client_gone: Callable[[], bool] | None = None,
     expires_at: float | None = None,
+    on_end: Callable[[int], None] | None = None,
 ) -> Iterator[bytes]:
     """Yield SSE bytes for events of ``streams`` (all if empty) with id > ``resume_after``.
 
@@ -67,8 +74,10 @@ def event_stream(
     asked at each heartbeat tick, so a closed idle stream ends at the first tick after the
     close. Otherwise only a failed write ends it, and TCP accepts the first write after a close.
     ``expires_at`` (seconds since the epoch): the stream ends then, even while idle.
+    ``on_end`` is called with the number of events sent when the stream ends (the access log).
     """
     subscription: Subscription | None = None
+    reader: _Reader | None = None
     started = False
     try:
         subscription = hub.subscribe(streams, envelope=envelope, expires_at=expires_at)
@@ -88,6 +97,10 @@ def event_stream(
     finally:
         if subscription is not None:
             hub.unsubscribe(subscription)
+        if reader is not None:
+            reader.report()
+        if on_end is not None:
+            on_end(0 if reader is None else reader.sent)
 
 
 class _Reader:
@@ -111,6 +124,10 @@ class _Reader:
         self.cursor = subscription.position  # the last id sent (or skipped as sent)
         self.ended = False
         self._told: dict[str, int] = {}  # per stream, the pruned bound a reset reported
+        self.sent = 0  # events written
+        self._unreported = 0  # of those, not yet in the metrics
+        self._report_at = 0.0  # time.monotonic() of the next live batch's report: the first at once
+        self._metrics = metrics.get()
 
     def start(self, resume_after: int | None) -> bytes | None:
         """Place the cursor at the resume point; a ``reset`` frame if it lies beyond the head.
@@ -131,6 +148,7 @@ class _Reader:
                 self.cursor = resume_after
                 return None
             self.cursor = newest
+            self._metrics.resets["beyond_head"].inc()
             return self._reset(conn, resume_after, newest, id=newest)
 
     def _reset(self, conn: Connection, requested: int, newest: int, *, id: int) -> bytes:
@@ -144,6 +162,7 @@ class _Reader:
         if all(bound <= self._told.get(s, 0) for s, bound in page.pruned.items()):
             return None
         self._told.update(page.pruned)
+        self._metrics.resets["pruned"].inc()
         with self._engine.connect() as conn:
             return self._reset(conn, self.cursor, head(conn), id=self.cursor)
 
@@ -171,7 +190,9 @@ class _Reader:
                 yield reset
             if page.events:
                 encoded = frames.encode(page.events, envelope=self._subscription.envelope)
+                self._metrics.replayed.inc(len(encoded))
                 yield from self.send([f for _, f in encoded], last_id=page.events[-1].id)
+                self.report()
 
     def live(self) -> Iterator[bytes]:
         """Live events from the buffer, and heartbeats, until an overflow or the client leaves."""
@@ -181,8 +202,10 @@ class _Reader:
                 self.ended = True  # what it missed is replayed when it comes back with a token
                 return
             if overflowed:
+                self._metrics.overflows.inc()
                 return  # dropped events: the caller replays them from SQL, then carries on
             if not pushed:  # the hub's tick: idle for a heartbeat interval
+                self.report()
                 if self._client_gone is not None and self._client_gone():
                     self.ended = True
                     return
@@ -190,9 +213,23 @@ class _Reader:
                 continue
             fresh = [f for f in pushed if f.id > self.cursor]
             if fresh:
+                sample = time.monotonic() >= self._report_at
+                if sample:
+                    self._metrics.delivery_lag.observe(time.time() - fresh[0].time)
                 yield from self.send(fresh, last_id=fresh[-1].id)
+                if sample:
+                    self.report()
+                    self._report_at = time.monotonic() + REPORT_SECONDS
 
     def send(self, batch: list[Frame], *, last_id: int) -> Iterator[bytes]:
         """Write ``batch`` and move the cursor to ``last_id`` (skipped events included)."""
         yield from frames.chunks(batch)
         self.cursor = last_id
+        self.sent += len(batch)
+        self._unreported += len(batch)
+
+    def report(self) -> None:
+        """Move the events sent since the last report into the metrics."""
+        if self._unreported:
+            self._metrics.delivered.inc(self._unreported)
+            self._unreported = 0

@@ -287,8 +287,8 @@ def start_server() -> Iterator[Callable[..., Server]]:
     """Start ``eventlog serve`` processes: ``start_server(database_url, redis_url=None, ...)``.
 
     Extra keyword arguments become EVENTLOG_* settings (``POLL_SECONDS=0.5``); ``args`` are
-    extra command-line arguments; ``log`` a file for its output. Every server is stopped
-    when the test ends.
+    extra command-line arguments; ``log`` a file for its output; ``env`` more environment
+    variables. Every server is stopped when the test ends.
     """
     servers: list[Server] = []
 
@@ -299,10 +299,11 @@ def start_server() -> Iterator[Callable[..., Server]]:
         args: list[str] | None = None,
         port: int | None = None,
         log: Path | None = None,
+        env: dict[str, str] | None = None,
         **settings: Any,
     ) -> Server:
-        env = server_env(database_url, redis_url, **settings)
-        server = Server(port or free_port(), env, args or [], log=log)
+        environment = {**server_env(database_url, redis_url, **settings), **(env or {})}
+        server = Server(port or free_port(), environment, args or [], log=log)
         servers.append(server)  # before start(), so a server that never got ready is stopped too
         server.start()
         return server

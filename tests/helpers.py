@@ -53,6 +53,7 @@ class Listener:
         if last_event_id is not None:
             self._headers["Last-Event-ID"] = str(last_event_id)
         self._client = httpx.Client(timeout=httpx.Timeout(10, read=60))
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -62,14 +63,19 @@ class Listener:
     def _run(self) -> None:
         try:
             with self._client.stream("GET", self.url, headers=self._headers) as response:
-                for message in sse_messages(response, self.connected):
-                    self.messages.append(message)
+                decoder = Decoder()
+                for chunk in response.iter_raw():
+                    self.connected.set()
+                    if self._closing.is_set():
+                        break  # at the next bytes (a heartbeat at the latest): hang up
+                    self.messages.extend(decoder.feed(chunk))
         except (httpx.HTTPError, RuntimeError):
             pass  # closed by the test
         finally:
             self.connected.set()
 
     def close(self) -> None:
+        self._closing.set()
         self._client.close()
         self._thread.join(timeout=5)
 
@@ -444,3 +450,15 @@ def through(proxy: CuttableProxy, database_url: str, name: str | None = None) ->
     if name is not None:
         url = url.update_query_dict({"application_name": name})
     return url.render_as_string(hide_password=False)
+
+
+def subscribers_by_worker(base: str, workers: int) -> dict[int, int]:
+    """Each worker's ``/healthz`` subscriber count, by pid, asked on fresh connections."""
+    shares: dict[int, int] = {}
+    for _ in range(64):
+        with httpx.Client(timeout=5) as client:  # a new connection, so any worker may answer
+            health = client.get(f"{base}/healthz").json()
+        shares[health["pid"]] = health["subscribers"]
+        if len(shares) == workers:
+            break
+    return shares
