@@ -11,9 +11,12 @@ from .app import create_app
 from .errors import (
     ConfigError,
     EventlogError,
+    Forbidden,
     IdempotencyConflict,
     InvalidRequest,
     PayloadTooLarge,
+    QueryTooLong,
+    Unauthorized,
     UnsupportedMediaType,
 )
 from .events import EventFilter, NewEvent, StoredEvent
@@ -26,12 +29,15 @@ __all__ = [
     "EventFilter",
     "EventLog",
     "EventlogError",
+    "Forbidden",
     "IdempotencyConflict",
     "InvalidRequest",
     "NewEvent",
     "Page",
     "PayloadTooLarge",
+    "QueryTooLong",
     "StoredEvent",
+    "Unauthorized",
     "UnsupportedMediaType",
     "blueprint",
     "create_app",

@@ -5,8 +5,13 @@ HTTP only: no SQL, no sockets. Mount it in any app that has an ``EventLog``::
     events = EventLog(app)
     app.register_blueprint(eventlog.blueprint, url_prefix="/eventlog")
 
-Its limits (``EVENTLOG_MAX_REQUEST_BYTES``) and its problem+json errors cover its own routes
-only; the host app's other routes and error pages stay as they are.
+Its limits (``EVENTLOG_MAX_REQUEST_BYTES``), its access control (a token per request once a
+key is configured, ``auth.py``), its CORS headers and its problem+json errors cover its own
+routes only; the host app's other routes and error pages stay as they are.
+
+Each view asks for the rights it needs (``_rights().require_publish(...)`` or
+``require_subscribe(...)``) before it reads a body or the log, so a denied request stores
+nothing and receives no event. ``/healthz``, ``/readyz`` and ``/openapi.json`` stay open.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from . import sse
+from .auth import EVERY_STREAM, Rights
 from .body import decode_json
 from .errors import EventlogError, InvalidRequest, UnsupportedMediaType, problem
 from .events import StoredEvent, check_name
 from .extension import EXTENSION_KEY, current_eventlog
+from .http_auth import URL_TOKEN, add_cors_headers, request_token, take_url_tokens
 from .query import parse_audit_query
 from .store import Page
 from .validation import parse_events
@@ -45,6 +52,10 @@ STREAM_PARAMETERS = frozenset({"stream", "last_event_id"})
 CLIENT_GONE = "eventlog.client_gone"
 """WSGI environ key: a server that can tell whether a client has left puts a check here."""
 RETRY_AFTER_SECONDS = 1
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+OPEN = Rights(publish=(EVERY_STREAM,), subscribe=(EVERY_STREAM,), expires_at=None)
+"""The rights of every request when no key is configured."""
+LIVE_ENDPOINTS = frozenset({"eventlog.stream_events", "eventlog.all_events"})
 
 
 @blueprint.record_once
@@ -59,9 +70,37 @@ def _limit_request_size() -> None:
     request.max_content_length = current_eventlog().settings.max_request_bytes
 
 
+@blueprint.before_request
+def _keep_tokens_out_of_urls() -> None:
+    # Before anything reads the query: from here on no log line, error or `next` link can
+    # repeat a token given in the URL (eventlog serve took it out before the app already).
+    tokens = take_url_tokens(request.environ)
+    if not tokens:
+        return
+    # The request read its query string from the environ when it was built; args, url and
+    # full_path all derive from this copy.
+    request.query_string = request.environ["QUERY_STRING"].encode("latin-1")
+    if not _is_live_request():
+        raise InvalidRequest(
+            f"{URL_TOKEN} in the URL is accepted on live streams only (Accept: text/event-stream);"
+            " send 'Authorization: Bearer <token>'"
+        )
+    if len(tokens) > 1:
+        raise InvalidRequest(f"give {URL_TOKEN} once")
+
+
+@blueprint.after_request
+def _browser_headers(response: Response) -> Response:
+    response.headers.update(NOSNIFF)
+    add_cors_headers(request, response, current_eventlog().settings.origins)
+    return response
+
+
 @blueprint.post("/streams/<stream>/events")
 def publish(stream: str) -> Response:
     """Store one event (a JSON object) or an atomic batch (an array); 201 with the result."""
+    check_name(stream, "stream name")
+    _rights().require_publish(stream)
     if request.args:
         raise InvalidRequest(f"unknown query parameter(s) for a publish: {sorted(request.args)}")
     eventlog = current_eventlog()
@@ -81,8 +120,12 @@ def publish(stream: str) -> Response:
 def stream_events(stream: str) -> Response:
     """Events of one stream: live SSE with replay, or a JSON page of the audit query."""
     check_name(stream, "stream name")
+    rights = _rights()
+    rights.require_subscribe([stream])
     if _wants_event_stream():
-        return _live([stream], extra=set(request.args) - {"last_event_id"}, envelope=False)
+        return _live(
+            [stream], rights, extra=set(request.args) - {"last_event_id"}, envelope=False
+        )
     if "stream" in request.args:
         raise InvalidRequest("the stream is named in the path; use GET /events to query several")
     return _audit_page([("stream", stream), *request.args.items(multi=True)])
@@ -93,25 +136,25 @@ def all_events() -> Response:
     """Events of the given streams (all streams if none): live SSE, or a JSON audit page.
 
     Live frames here carry the whole stored event as data, so each names its stream."""
+    streams = [check_name(s, "stream name") for s in request.args.getlist("stream")]
+    rights = _rights()
+    rights.require_subscribe(streams)
     if _wants_event_stream():
-        streams = [check_name(s, "stream name") for s in request.args.getlist("stream")]
-        return _live(streams, extra=set(request.args) - STREAM_PARAMETERS, envelope=True)
+        return _live(streams, rights, extra=set(request.args) - STREAM_PARAMETERS, envelope=True)
     return _audit_page(list(request.args.items(multi=True)))
 
 
 @blueprint.get("/healthz")
 def healthz() -> Response:
-    """Liveness: the process answers. Also reports which worker process answered, its live
-    subscribers and how many events wait in their buffers."""
-    subscriptions = current_eventlog().hub.subscriptions()
-    return _json(
-        {
-            "status": "ok",
-            "pid": os.getpid(),
-            "subscribers": len(subscriptions),
-            "buffered_events": sum(s.pending for s in subscriptions),
-        }
-    )
+    """Liveness: the process answers. Also reports which worker process answered and its
+    live subscribers; without access control, also how many events wait in their buffers
+    (with it, that count would tell a stranger how busy other people's streams are)."""
+    eventlog = current_eventlog()
+    subscriptions = eventlog.hub.subscriptions()
+    body: dict[str, Any] = {"status": "ok", "pid": os.getpid(), "subscribers": len(subscriptions)}
+    if eventlog.auth is None:
+        body["buffered_events"] = sum(s.pending for s in subscriptions)
+    return _json(body)
 
 
 @blueprint.get("/readyz")
@@ -133,18 +176,20 @@ def openapi() -> Response:
 
 def handle_error(error: Exception) -> Response:
     """The one mapping from exceptions to RFC 9457 problem details."""
-    headers: dict[str, str] = {}
+    # nosniff here too: the standalone app sends its routing errors (404, 405) through here.
+    headers: dict[str, str] = dict(NOSNIFF)
     if isinstance(error, EventlogError):
         body = error.problem()
+        headers.update(error.headers())
     elif isinstance(error, HTTPException):
         body = problem(error.code or 500, error.name, error.description or error.name)
         # Keep what the client needs to act on, such as Allow on a 405.
-        headers = {k: v for k, v in error.get_headers() if k != "Content-Type"}
+        headers.update((k, v) for k, v in error.get_headers() if k != "Content-Type")
     elif _database_unavailable(error):
         # The type only: SQLAlchemy's message carries the statement's parameters (event data).
         log.warning("database unavailable (%s)", type(error).__name__)
         body = problem(503, "Service unavailable", "the database is unavailable; retry shortly")
-        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     else:
         # Details stay in the log: they may hold configuration the caller must not see.
         if isinstance(error, SQLAlchemyError):
@@ -169,7 +214,19 @@ def _database_unavailable(error: Exception) -> bool:
     )
 
 
-def _live(streams: list[str], *, extra: set[str], envelope: bool) -> Response:
+def _rights() -> Rights:
+    """What the request's token allows (everything when no key is configured)."""
+    eventlog = current_eventlog()
+    if eventlog.auth is None:
+        return OPEN
+    return eventlog.auth.verify(request_token(request, eventlog.settings.jwt_cookie))
+
+
+def _is_live_request() -> bool:
+    return request.method == "GET" and request.endpoint in LIVE_ENDPOINTS and _wants_event_stream()
+
+
+def _live(streams: list[str], rights: Rights, *, extra: set[str], envelope: bool) -> Response:
     if extra:
         raise InvalidRequest(f"unknown query parameter(s) for a live stream: {sorted(extra)}")
     # The header is what a reconnecting EventSource sends; it wins over the URL's value,
@@ -180,7 +237,11 @@ def _live(streams: list[str], *, extra: set[str], envelope: bool) -> Response:
     except ValueError as error:
         raise InvalidRequest(f"bad resume point: {error}") from None
     body = current_eventlog().stream(
-        streams, resume_after, envelope=envelope, client_gone=request.environ.get(CLIENT_GONE)
+        streams,
+        resume_after,
+        envelope=envelope,
+        client_gone=request.environ.get(CLIENT_GONE),
+        expires_at=rights.expires_at,
     )
     # Without a charset parameter: some SSE clients compare the type exactly, and the
     # format is UTF-8 by definition.
@@ -206,7 +267,9 @@ def _audit_page(params: list[tuple[str, str]]) -> Response:
         # Keyset pagination: the next page continues past the last id of this one. The link
         # is relative (path and query): it never repeats a Host header the client sent.
         bound = "before" if audit.newest_first else "after"
-        kept = [(k, v) for k, v in request.args.items(multi=True) if k != bound]
+        # access_token never reaches request.args (see _keep_tokens_out_of_urls); the filter
+        # says so where the link is built.
+        kept = [(k, v) for k, v in request.args.items(multi=True) if k not in (bound, URL_TOKEN)]
         next_url = f"{request.script_root}{request.path}?{urlencode([*kept, (bound, str(page.events[-1].id))])}"
     events = ",".join(e.to_json() for e in page.events)
     return Response(f'{{"events":[{events}],"next":{json.dumps(next_url)}}}', mimetype=JSON)

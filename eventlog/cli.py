@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,7 +23,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import body as strict_json
 from .app import create_app
-from .config import Settings, from_environment, key_of
+from .auth import Rights, TokenAuth
+from .config import Settings, from_environment, is_loopback, key_of
 from .errors import ConfigError, EventlogError
 from .events import EventFilter
 from .extension import EXTENSION_KEY, EventLog, current_eventlog
@@ -99,12 +101,29 @@ def flask_group() -> None:
     "--migrate/--no-migrate", default=True,
     help="Apply database migrations before starting (turn off when a deploy step does it).",
 )
-def serve(host: str, port: int, workers: int, connections: int, migrate: bool) -> None:
+@click.option(
+    "--insecure", envvar="EVENTLOG_INSECURE", show_envvar=True, is_flag=True,
+    help="Serve a non-loopback address without access control (a trusted network behind a gateway).",
+)
+@click.option(
+    "--log-level", envvar="EVENTLOG_LOG_LEVEL", show_envvar=True, default="info",
+    type=click.Choice(["debug", "info", "warning", "error"]), help="Least severe log messages written.",
+)
+@click.option(
+    "--access-log", envvar="EVENTLOG_ACCESS_LOG", show_envvar=True, is_flag=True,
+    help="Write an access log line per request to stderr (tokens in URLs left out).",
+)
+def serve(
+    host: str, port: int, workers: int, connections: int, migrate: bool, insecure: bool,
+    log_level: str, access_log: bool,
+) -> None:
     """Run the HTTP server (gunicorn with gevent workers)."""
     try:
         settings = Settings.from_config(from_environment())
+        auth = TokenAuth.from_settings(settings)  # reads the key file: a bad one stops us here
     except ConfigError as error:
         raise click.ClickException(error.detail) from None
+    warning = None if auth is not None else _open_access_warning(host, port, insecure)
     if workers > 1 and not settings.redis_url:
         click.echo(
             "note: without EVENTLOG_REDIS_URL each worker learns of the others' events"
@@ -125,7 +144,25 @@ def serve(host: str, port: int, workers: int, connections: int, migrate: bool) -
     step = "upgrade" if migrate else "check"
     if subprocess.run([sys.executable, "-P", "-m", "eventlog", "db", step]).returncode != 0:
         sys.exit(1)
-    run_server(host, port, workers, connections)
+    if warning is not None:
+        click.echo(warning, err=True)  # once, now that the server is about to start
+    run_server(host, port, workers, connections, log_level=log_level, access_log=access_log)
+
+
+def _open_access_warning(host: str, port: int, insecure: bool) -> str:
+    """What to say about serving without a key; refuse beyond loopback unless ``insecure``."""
+    keys = f"{key_of('jwt_secret')} or {key_of('jwt_public_key')}"
+    if is_loopback(host):
+        return (
+            f"note: no {keys}: anyone on this machine may publish to and read every stream"
+            f" at {host}:{port}"
+        )
+    if insecure:
+        return f"warning: serving {host}:{port} without access control (--insecure)"
+    raise click.ClickException(
+        f"refusing to serve {host or 'every address'}:{port} without access control: set {keys},"
+        " or pass --insecure (EVENTLOG_INSECURE=1) on a trusted network behind a gateway"
+    )
 
 
 @click.group()
@@ -158,17 +195,28 @@ def check() -> None:
     click.echo(f"database at revision {current_eventlog().revision()}")
 
 
+TOKEN_HELP = (
+    "Act only as far as this token allows (checked with the configured key), so a script can"
+    " do no more than its token grants. Without it the command has every right, as the"
+    " database credentials it runs with do."
+)
+
+
 @click.command()
 @click.argument("stream")
 @click.argument("data")
 @click.option("--type", "type_", default=DEFAULT_TYPE, help="The event's type.")
+@click.option("--token", envvar="EVENTLOG_TOKEN", show_envvar=True, help=TOKEN_HELP)
 @in_app()
-def publish(stream: str, data: str, type_: str) -> None:
+def publish(stream: str, data: str, type_: str, token: str | None) -> None:
     """Publish one event to STREAM; DATA is JSON (e.g. '{"id": 7}'). Prints the stored event."""
     try:
         value = strict_json.loads(data)
     except (ValueError, RecursionError) as error:
         raise click.BadParameter(f"not JSON: {error}", param_hint="DATA") from None
+    rights = _token_rights(token)
+    if rights is not None:
+        rights.require_publish(stream)
     click.echo(current_eventlog().publish(stream, value, type=type_).to_json())
 
 
@@ -181,6 +229,7 @@ def publish(stream: str, data: str, type_: str) -> None:
 @click.option("--until", help="Only events before this RFC 3339 time.")
 @click.option("--limit", type=click.IntRange(1), help="Print at most this many events.  [default: all]")
 @click.option("--order", type=click.Choice(["asc", "desc"]), default="asc", help="Oldest or newest first.")
+@click.option("--token", envvar="EVENTLOG_TOKEN", show_envvar=True, help=TOKEN_HELP)
 @in_app()
 def query(
     stream: tuple[str, ...],
@@ -191,19 +240,48 @@ def query(
     until: str | None,
     limit: int | None,
     order: str,
+    token: str | None,
 ) -> None:
     """Print matching events as JSON lines, following pages to the end."""
     where, newest_first = audit_filter(stream, types, after, before, since, until, order)
+    rights = _token_rights(token)
+    if rights is not None:
+        rights.require_subscribe(where.streams)
     for printed, event in enumerate(current_eventlog().events(where, newest_first=newest_first)):
         if limit is not None and printed >= limit:
             break
         sys.stdout.write(event.to_json() + "\n")
 
 
+@click.group()
+def token() -> None:
+    """Access tokens (JWT) signed with EVENTLOG_JWT_SECRET."""
+
+
+TTL = re.compile(r"([0-9]+)([smhd]?)")
+TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@token.command("create")
+@click.option("--publish", "publish_", multiple=True, help="A stream pattern it may publish to (repeatable).")
+@click.option("--subscribe", multiple=True, help="A stream pattern it may read, live or audit (repeatable).")
+@click.option("--ttl", default="1h", help="Lifetime: seconds, or a number with s, m, h or d.")
+@click.option("--subject", help="The token's sub claim (who it is for).")
+@in_app(needs_schema=False)
+def create_token(publish_: tuple[str, ...], subscribe: tuple[str, ...], ttl: str, subject: str | None) -> None:
+    """Print a new token. Patterns: a stream name, a prefix ending in '*' (user.42.*), or '*'."""
+    match = TTL.fullmatch(ttl.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise click.BadParameter("use a positive number of seconds, or e.g. 30m, 1h, 7d", param_hint="--ttl")
+    seconds = int(match.group(1)) * TTL_UNITS[match.group(2)]
+    click.echo(current_eventlog().token(publish=publish_, subscribe=subscribe, ttl=seconds, subject=subject))
+
+
 for group in (main, flask_group):
     group.add_command(db)
     group.add_command(publish)
     group.add_command(query)
+    group.add_command(token)
 
 
 def audit_filter(
@@ -225,6 +303,18 @@ def audit_filter(
     ]
     audit = parse_audit_query(params)
     return audit.where, audit.newest_first
+
+
+def _token_rights(token: str | None) -> Rights | None:
+    """The rights of ``--token``, or None (every right) when no token was given."""
+    if token is None:
+        return None
+    auth = current_eventlog().auth
+    if auth is None:
+        raise ConfigError(
+            f"--token needs a key to check it with: set {key_of('jwt_secret')} or {key_of('jwt_public_key')}"
+        )
+    return auth.verify(token)
 
 
 def _require_schema(events: EventLog) -> None:

@@ -13,7 +13,9 @@ process at start with a message naming the key instead of failing on some later 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +25,8 @@ from sqlalchemy.exc import ArgumentError
 from .errors import ConfigError
 
 PREFIX = "EVENTLOG_"
+MIN_SECRET_BYTES = 32  # HS256 with a shorter key is guessable offline (RFC 7518 §3.2)
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
 """The names a loopback-only server answers to by default (any port). Not ``[::1]``:
 Werkzeug's host check cuts each allowed name at its first colon, so no entry can match an
@@ -52,6 +56,12 @@ class Settings:
     subscriber_buffer: int = 1000
     subscriber_buffer_bytes: int = 8 * 1024 * 1024
     page_bytes: int = 8 * 1024 * 1024
+    jwt_secret: str = ""
+    jwt_public_key: str = ""
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    jwt_cookie: str = "eventlog_token"
+    cors_origins: str = ""
     request_timeout_seconds: float = 60.0
     allowed_hosts: str = ",".join(LOOPBACK_HOSTS)
 
@@ -59,6 +69,16 @@ class Settings:
         """``allowed_hosts`` as Flask's ``TRUSTED_HOSTS``: None (any host) for ``*``."""
         hosts = [host.strip() for host in self.allowed_hosts.split(",") if host.strip()]
         return None if ANY_HOST in hosts else hosts
+    # Every wait on the database, in seconds (PostgreSQL; ARCHITECTURE.md "Every wait is
+    # bounded" says what each bounds). 0 leaves that wait unbounded.
+    connect_timeout_seconds: float = _setting(3.0, zero=True)
+    reply_timeout_seconds: float = _setting(6.0, zero=True)
+    statement_timeout_seconds: float = _setting(5.0, zero=True)
+    lock_timeout_seconds: float = _setting(3.0, zero=True)
+    idle_in_transaction_timeout_seconds: float = _setting(2.0, zero=True)
+    keepalive_seconds: float = _setting(2.0, zero=True)
+    pool_timeout_seconds: float = 3.0
+    audit_timeout_seconds: float = _setting(2.0, zero=True)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -68,9 +88,31 @@ class Settings:
             for field in dataclasses.fields(cls)
         }
         values["database_url"] = _database_url(values["database_url"])
+        if values["jwt_secret"] and len(values["jwt_secret"].encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"{key_of('jwt_secret')} must be at least {MIN_SECRET_BYTES} bytes"
+                " (e.g. the output of `openssl rand -hex 32`)"
+            )
+        values["cors_origins"] = _origins(values["cors_origins"])
         if not values["allowed_hosts"].strip(", "):
             raise ConfigError(f"{key_of('allowed_hosts')} is empty; name the hosts, or * for any")
+        _check_reply_timeout(values)
         return cls(**values)
+
+    @property
+    def origins(self) -> frozenset[str]:
+        """The origins allowed to call from a browser (``EVENTLOG_CORS_ORIGINS``)."""
+        return frozenset(self.cors_origins.split(",")) if self.cors_origins else frozenset()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address (``eventlog serve --host``) is on the loopback interface only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
 
 
 def key_of(name: str) -> str:
@@ -105,6 +147,18 @@ def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
     return value
 
 
+def _check_reply_timeout(values: dict[str, Any]) -> None:
+    """This side must wait longer than the server's own caps, so that a statement the server
+    cancels reports why (a 503 or the audit's "too long") instead of a lost connection."""
+    reply = values["reply_timeout_seconds"]
+    for name in ("statement_timeout_seconds", "audit_timeout_seconds"):
+        if reply and not 0 < values[name] < reply:
+            raise ConfigError(
+                f"{key_of('reply_timeout_seconds')} ({reply:g}) must be above {key_of(name)}"
+                f" ({values[name]:g}), which must then not be 0"
+            )
+
+
 def _database_url(raw: str) -> str:
     """Check the database URL; ``postgres://`` and ``postgresql://`` get the psycopg driver.
 
@@ -126,3 +180,15 @@ def _database_url(raw: str) -> str:
     if url.get_backend_name() not in ("sqlite", "postgresql"):
         raise ConfigError(f"{key}: eventlog runs on SQLite or PostgreSQL, not {url.get_backend_name()}")
     return url.render_as_string(hide_password=False)
+
+
+def _origins(raw: str) -> str:
+    """Check a comma-separated list of exact origins; return it without spaces."""
+    origins = [o.strip().lower() for o in raw.split(",") if o.strip()]
+    for origin in origins:
+        if not _ORIGIN.fullmatch(origin):
+            raise ConfigError(
+                f"{key_of('cors_origins')}: {origin[:80]!r} is not an origin; list exact origins"
+                " such as https://app.example.com (no '*', no path)"
+            )
+    return ",".join(origins)

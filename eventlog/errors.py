@@ -2,9 +2,12 @@
 
     EventlogError                 base: HTTP status, a problem type, a message for the caller
     ├── InvalidRequest        400 malformed JSON, a bad event, a bad query parameter or header
+    ├── Unauthorized          401 no token, or one that is malformed, badly signed or expired
+    ├── Forbidden             403 a valid token without the right to this stream
     ├── PayloadTooLarge       413 a request body over EVENTLOG_MAX_REQUEST_BYTES
     ├── UnsupportedMediaType  415 a publish whose Content-Type is not JSON
     ├── IdempotencyConflict   422 an Idempotency-Key reused for a different request
+    ├── QueryTooLong          503 an audit query over EVENTLOG_AUDIT_TIMEOUT_SECONDS
     └── ConfigError           a setting is missing or malformed, or the schema is not there;
                               raised at start-up, where it becomes a one-line error naming the
                               setting or the command to run
@@ -18,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 PROBLEM_BASE = "tag:eventlog,2026:problem:"
+REALM = "eventlog"  # the realm of the Bearer challenges
 
 
 class EventlogError(Exception):
@@ -36,10 +40,43 @@ class EventlogError(Exception):
         """The RFC 9457 problem-details object for this error."""
         return problem(self.status, self.title, self.detail, slug=self.slug, **self.extensions)
 
+    def headers(self) -> dict[str, str]:
+        """Response headers the caller needs to act on the error."""
+        return {}
+
 
 class InvalidRequest(EventlogError):
     slug = "invalid-request"
     title = "Invalid request"
+
+
+class Unauthorized(EventlogError):
+    """No usable token (RFC 6750 §3): ``missing`` says none was sent at all."""
+
+    status = 401
+    slug = "unauthorized"
+    title = "Unauthorized"
+
+    def __init__(self, detail: str, *, missing: bool = False) -> None:
+        super().__init__(detail)
+        self.missing = missing
+
+    def headers(self) -> dict[str, str]:
+        # Without any token the challenge carries no error code, as RFC 6750 §3.1 says.
+        if self.missing:
+            return {"WWW-Authenticate": f'Bearer realm="{REALM}"'}
+        return {"WWW-Authenticate": f'Bearer realm="{REALM}", error="invalid_token"'}
+
+
+class Forbidden(EventlogError):
+    """A valid token that lacks the right (RFC 6750 ``insufficient_scope``)."""
+
+    status = 403
+    slug = "forbidden"
+    title = "Forbidden"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": f'Bearer realm="{REALM}", error="insufficient_scope"'}
 
 
 class PayloadTooLarge(EventlogError):
@@ -58,6 +95,14 @@ class IdempotencyConflict(EventlogError):
     status = 422
     slug = "idempotency-key-reused"
     title = "Idempotency key reused"
+
+
+class QueryTooLong(EventlogError):
+    """No Retry-After: the same query would take as long again; a narrower one would not."""
+
+    status = 503
+    slug = "query-too-long"
+    title = "Query took too long"
 
 
 class ConfigError(EventlogError):

@@ -13,18 +13,20 @@ context its only app's); a second ``init_app`` on the same app is refused.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask, current_app, has_app_context
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, scoped_session
 
 from . import migrate
-from .config import Settings
-from .database import make_engine
-from .errors import IdempotencyConflict
+from .auth import TokenAuth
+from .config import Settings, key_of
+from .database import Timeouts, make_engine
+from .errors import ConfigError, IdempotencyConflict, QueryTooLong
 from .events import EventFilter, NewEvent, StoredEvent
 from .hub import Hub
 from .notify import LocalNotifier, Notifier, RedisNotifier
@@ -36,6 +38,7 @@ from .validation import parse_events
 from .writer import Writer
 
 EXTENSION_KEY = "eventlog"
+QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement its statement_timeout ended
 
 DatabaseSession = Session | scoped_session[Session] | Connection
 """What ``publish(..., session=...)`` writes in: the caller's open transaction."""
@@ -46,7 +49,8 @@ class _State:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine = make_engine(settings.database_url)
+        auth = TokenAuth.from_settings(settings)  # first: a bad key opens nothing
+        self.engine = make_engine(settings.database_url, timeouts_of(settings))
         self.notifier: Notifier = (
             RedisNotifier(settings.redis_url, settings.redis_channel)
             if settings.redis_url
@@ -63,12 +67,26 @@ class _State:
             page_bytes=settings.page_bytes,
         )
         self.writer = Writer(self.engine, self.notifier.announce)
+        self.auth = auth
 
     def close(self) -> None:
         self.hub.stop()
         self.notifier.close()
         self.writer.close()
         self.engine.dispose()
+
+
+def timeouts_of(settings: Settings) -> Timeouts:
+    """The database timeouts ``settings`` ask for."""
+    return Timeouts(
+        connect=settings.connect_timeout_seconds,
+        reply=settings.reply_timeout_seconds,
+        statement=settings.statement_timeout_seconds,
+        lock=settings.lock_timeout_seconds,
+        idle_in_transaction=settings.idle_in_transaction_timeout_seconds,
+        keepalive=settings.keepalive_seconds,
+        pool=settings.pool_timeout_seconds,
+    )
 
 
 class EventLog:
@@ -109,6 +127,34 @@ class EventLog:
     @property
     def notifier(self) -> Notifier:
         return self._state().notifier
+
+    @property
+    def auth(self) -> TokenAuth | None:
+        """The token verifier, or None when no key is configured (the API is open)."""
+        return self._state().auth
+
+    # --- tokens ----------------------------------------------------------------------------
+
+    def token(
+        self,
+        *,
+        publish: Iterable[str] = (),
+        subscribe: Iterable[str] = (),
+        ttl: float | timedelta = 3600,
+        subject: str | None = None,
+    ) -> str:
+        """Mint a token with ``EVENTLOG_JWT_SECRET``, e.g. for the logged-in user's browser::
+
+            events.token(subscribe=[f"user.{user.id}.*", "broadcast"], ttl=600, subject=str(user.id))
+
+        ``ttl``: its lifetime, in seconds or as a ``timedelta``. Raises ConfigError without
+        a secret (with only a public key, tokens are minted where the private key is).
+        """
+        auth = self.auth
+        if auth is None:
+            raise ConfigError(f"set {key_of('jwt_secret')} to mint tokens")
+        seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+        return auth.mint(publish=publish, subscribe=subscribe, ttl=seconds, subject=subject)
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -173,12 +219,28 @@ class EventLog:
 
     def page(self, where: EventFilter, *, limit: int, newest_first: bool = False) -> Page:
         """One page of the audit query (at most ``limit`` events, and about
-        ``EVENTLOG_PAGE_BYTES`` of data)."""
+        ``EVENTLOG_PAGE_BYTES`` of data).
+
+        On PostgreSQL the page may take ``EVENTLOG_AUDIT_TIMEOUT_SECONDS`` at most, else
+        QueryTooLong; SQLite has no statement timeout, so there it runs to the end.
+        """
         state = self._state()
+        cap = state.settings.audit_timeout_seconds
         with state.engine.connect() as conn:
-            return read_page(
-                conn, where, limit=limit, newest_first=newest_first, max_bytes=state.settings.page_bytes
-            )
+            if cap and conn.dialect.name == "postgresql":
+                # LOCAL: it ends with this read's transaction, the pooled session keeps its own.
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {round(cap * 1000)}")
+            try:
+                return read_page(
+                    conn, where, limit=limit, newest_first=newest_first, max_bytes=state.settings.page_bytes
+                )
+            except DBAPIError as error:
+                if getattr(error.orig, "sqlstate", None) != QUERY_CANCELED:
+                    raise
+                raise QueryTooLong(
+                    f"the query took longer than {cap:g} s; narrow it with stream, type,"
+                    " after/before or a shorter since/until"
+                ) from None
 
     def events(self, where: EventFilter, *, newest_first: bool = False) -> Iterator[StoredEvent]:
         """Every event matching ``where``, read page by page (for exports and the CLI)."""
@@ -195,8 +257,10 @@ class EventLog:
         *,
         envelope: bool = False,
         client_gone: Callable[[], bool] | None = None,
+        expires_at: float | None = None,
     ) -> Iterator[bytes]:
-        """The SSE bytes of a live stream with replay (see ``stream.event_stream``)."""
+        """The SSE bytes of a live stream with replay (see ``stream.event_stream``); with
+        ``expires_at`` (a token's expiry, seconds since the epoch) it ends then."""
         state = self._state()
         return event_stream(
             state.engine,
@@ -207,6 +271,7 @@ class EventLog:
             envelope=envelope,
             page_bytes=state.settings.page_bytes,
             client_gone=client_gone,
+            expires_at=expires_at,
         )
 
     def readiness(self) -> dict[str, str]:

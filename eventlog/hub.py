@@ -24,11 +24,17 @@ quiet spell (none fanned out for that long) goes out at once.
 Heartbeats come from the hub too: every ``heartbeat_seconds`` one tick wakes the subscribers
 that received nothing since the tick before. A stream then waits on its buffer without a
 timeout; a timer per wait cost more CPU than the fan-out itself.
+
+A subscription may have a deadline (its token's expiry): the same beat thread sleeps until
+the next heartbeat or the earliest deadline, whichever comes first, and wakes an expired
+subscriber so its stream ends. Streams without a deadline still cost no timer at all.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
+import math
 import threading
 import time
 from collections import defaultdict
@@ -62,6 +68,7 @@ class Subscription:
         self.streams = streams  # empty: every stream
         self.envelope = envelope  # frames carry the whole stored event (multi-stream)
         self.position = 0  # the hub's cursor when this registered: later ids all arrive here
+        self.expired = False  # its deadline passed: the stream must end
         self._limit = limit
         self._limit_bytes = limit_bytes
         self._frames: list[Frame] = []
@@ -110,6 +117,12 @@ class Subscription:
                 self._ready.set()  # take() returns no events: the stream sends a heartbeat
             self._heard = False
 
+    def expire(self) -> None:
+        """The deadline passed: wake the reader, which sees ``expired`` and ends."""
+        with self._lock:
+            self.expired = True
+            self._ready.set()
+
     def take(self) -> tuple[list[Frame], bool]:
         """Wait for events, or a heartbeat tick; return them and whether any were dropped.
 
@@ -156,6 +169,11 @@ class Hub:
         # How many of the stream-filtered subscribers want each frame format, so a fan-out
         # encodes only the formats someone reads.
         self._formats: dict[bool, int] = {False: 0, True: 0}
+        # Subscriptions with a deadline (time.monotonic()), and a heap of them, earliest first;
+        # an unsubscribed one leaves its entry behind until it is popped or the heap is rebuilt.
+        self._deadlines: dict[Subscription, float] = {}
+        self._deadline_heap: list[tuple[float, int, Subscription]] = []
+        self._beat_wake = threading.Event()
         self._cursor = 0
         self._rung = threading.Event()
         self._stop = threading.Event()
@@ -171,10 +189,18 @@ class Hub:
         with self._lock:
             return self._everything.union(*self._by_stream.values())
 
-    def subscribe(self, streams: Iterable[str] = (), *, envelope: bool = False) -> Subscription:
+    def subscribe(
+        self,
+        streams: Iterable[str] = (),
+        *,
+        envelope: bool = False,
+        expires_at: float | None = None,
+    ) -> Subscription:
         """Register a subscriber: every event committed after this call reaches its buffer.
 
         ``envelope``: its frames carry the whole stored event, not only its data.
+        ``expires_at`` (seconds since the epoch): from then on the subscription is
+        ``expired`` and its reader is woken, within a few milliseconds.
         """
         self.start()
         subscription = Subscription(
@@ -188,12 +214,23 @@ class Hub:
                     self._by_stream[stream].add(subscription)
             else:
                 self._everything.add(subscription)
+            if expires_at is not None:
+                deadline = time.monotonic() + (expires_at - time.time())
+                self._deadlines[subscription] = deadline
+                heapq.heappush(self._deadline_heap, (deadline, id(subscription), subscription))
+        if expires_at is not None:
+            self._beat_wake.set()  # it may be earlier than what the beat thread sleeps until
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Remove a subscriber (again is harmless)."""
         with self._lock:
             self._everything.discard(subscription)
+            if self._deadlines.pop(subscription, None) is not None and (
+                len(self._deadline_heap) > 2 * len(self._deadlines) + 100
+            ):  # drop the entries of ended subscriptions, so the heap stays in bounds
+                self._deadline_heap = [(d, id(s), s) for s, d in self._deadlines.items()]
+                heapq.heapify(self._deadline_heap)
             found = False
             for stream in subscription.streams:
                 subscribers = self._by_stream.get(stream)
@@ -233,6 +270,7 @@ class Hub:
     def stop(self) -> None:
         self._stop.set()
         self._rung.set()
+        self._beat_wake.set()
         for thread in self._threads:
             thread.join(timeout=5)
 
@@ -249,9 +287,30 @@ class Hub:
                 log.warning("hub could not read new events (%s); retrying", type(error).__name__)
 
     def _beat(self) -> None:
-        while not self._stop.wait(self._heartbeat_seconds):
-            for subscription in self.subscriptions():
-                subscription.tick()
+        next_beat = time.monotonic() + self._heartbeat_seconds
+        while not self._stop.is_set():
+            self._beat_wake.clear()  # before looking, so a deadline added meanwhile wakes us
+            now = time.monotonic()
+            if now >= next_beat:
+                for subscription in self.subscriptions():
+                    subscription.tick()
+                next_beat = now + self._heartbeat_seconds
+            wake_at = min(next_beat, self._expire_due(now))
+            self._beat_wake.wait(max(0.0, wake_at - time.monotonic()))
+
+    def _expire_due(self, now: float) -> float:
+        """Expire the subscriptions whose deadline has passed; return the next deadline."""
+        due: list[Subscription] = []
+        with self._lock:
+            heap = self._deadline_heap
+            while heap and heap[0][0] <= now:
+                _, _, subscription = heapq.heappop(heap)
+                if self._deadlines.pop(subscription, None) is not None:
+                    due.append(subscription)
+            following = heap[0][0] if heap else math.inf
+        for subscription in due:
+            subscription.expire()
+        return following
 
     def _catch_up(self) -> None:
         """Read everything after the cursor, page by page, and fan it out."""

@@ -36,8 +36,11 @@ class Event(Base):
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
+        # Each audit filter reads in id order from an index (see migration 0002).
         Index("ix_events_stream_id", "stream", "id"),
         Index("ix_events_time", "time"),
+        Index("ix_events_type_id", "type", "id"),
+        Index("ix_events_stream_type_id", "stream", "type", "id"),
     )
 
 

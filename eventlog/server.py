@@ -12,8 +12,8 @@ What gunicorn does below Flask is bounded and answered here:
 
 from __future__ import annotations
 
-import ipaddress
 import json
+import logging
 import os
 import resource
 import socket
@@ -30,7 +30,7 @@ from gunicorn.http.errors import ParseException
 from gunicorn.workers.ggevent import GeventWorker
 from werkzeug.exceptions import BadRequest, RequestTimeout
 
-from .config import ANY_HOST, key_of
+from .config import ANY_HOST, is_loopback, key_of
 from .errors import problem
 
 if TYPE_CHECKING:
@@ -62,6 +62,8 @@ class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type h
         # Imported here, in the worker, after gevent has patched the standard library.
         from .app import create_app
 
+        # eventlog's own messages at the chosen level too, beside gunicorn's.
+        logging.basicConfig(level=self.cfg.loglevel.upper(), format="%(levelname)s %(name)s: %(message)s")
         app = create_app()
         timeout = app.extensions["eventlog"].settings.request_timeout_seconds
         return with_connection(app.wsgi_app, request_timeout=timeout)
@@ -105,8 +107,12 @@ class _Written:
         return (int(code), reason) if code.isdigit() else (500, "Internal Server Error")
 
 
-def serve(host: str, port: int, workers: int, connections: int) -> None:
-    """Run the server in the foreground until it is told to stop."""
+def serve(
+    host: str, port: int, workers: int, connections: int, *, log_level: str = "info",
+    access_log: bool = False,
+) -> None:
+    """Run the server in the foreground until it is told to stop; ``access_log`` writes a
+    line per request to stderr."""
     _raise_open_file_limit(connections + 100)
     # The default allowed hosts are the loopback names, right for a loopback bind; bound
     # elsewhere, the server cannot know the names it is reached by. The workers inherit this.
@@ -133,27 +139,22 @@ def serve(host: str, port: int, workers: int, connections: int) -> None:
             # evenly among them. On one shared socket, whichever worker woke first took the
             # connection, and the split was lopsided (ARCHITECTURE.md, "Serving").
             "reuse_port": workers > 1,
+            "loglevel": log_level,
+            "accesslog": "-" if access_log else None,
         }
     ).run()
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a ``--host`` value) only listens on the loopback interface."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def with_connection(app: WSGIApplication, *, request_timeout: float) -> WSGIApplication:
     """Wrap ``app`` for gunicorn's connections: each request's environ holds a check of
     whether its client has gone (under ``api.CLIENT_GONE``), from the socket gunicorn hands
-    over as ``gunicorn.socket``, and its body must arrive within ``request_timeout``."""
+    over as ``gunicorn.socket``; its body must arrive within ``request_timeout``; and it no
+    longer holds a token given in its URL (gunicorn's access log reads the environ)."""
     from .api import CLIENT_GONE
+    from .http_auth import take_url_tokens
 
     def wrapped(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        take_url_tokens(environ)
         client = environ.get("gunicorn.socket")
         if client is not None:
             environ[CLIENT_GONE] = _closed_by_peer(client)

@@ -9,7 +9,9 @@ the exactly-once, in-order guarantee for its subscriber, in three steps:
    position (a live-only stream, or one resuming at or after it, asks SQL nothing);
 3. ``live``: drain the buffer, skipping ids at or below the cursor (the replay sent them).
 
-An overflowed buffer (a slow reader) goes back to step 2 from the same cursor. The cursor
+An overflowed buffer (a slow reader) goes back to step 2 from the same cursor. A stream
+with ``expires_at`` (its token's expiry) ends when the hub marks its subscription expired,
+between two writes, even when idle: its client must come back with a fresh token. The cursor
 is the last id sent; only ``_Reader.send`` moves it. No database connection is held while
 the stream waits or writes: each replay page borrows one briefly.
 """
@@ -45,6 +47,7 @@ def event_stream(
     page_size: int = 1000,
     page_bytes: int = 8 * 1024 * 1024,
     client_gone: Callable[[], bool] | None = None,
+    expires_at: float | None = None,
 ) -> Iterator[bytes]:
     """Yield SSE bytes for events of ``streams`` (all if empty) with id > ``resume_after``.
 
@@ -57,11 +60,12 @@ def event_stream(
     ``client_gone``, when the server can tell, says whether the client closed its end; it is
     asked at each heartbeat tick, so a closed idle stream ends at the first tick after the
     close. Otherwise only a failed write ends it, and TCP accepts the first write after a close.
+    ``expires_at`` (seconds since the epoch): the stream ends then, even while idle.
     """
     subscription: Subscription | None = None
     started = False
     try:
-        subscription = hub.subscribe(streams, envelope=envelope)
+        subscription = hub.subscribe(streams, envelope=envelope, expires_at=expires_at)
         reader = _Reader(engine, subscription, tuple(streams), page_size, page_bytes, client_gone)
         reset = reader.start(resume_after)
         # The first bytes go out at once, so headers flush; by now the subscriber is
@@ -131,6 +135,9 @@ class _Reader:
         """Everything after the cursor that is in SQL, page by page."""
         where = EventFilter(streams=self._streams, after=self.cursor)
         for page in pages(self._engine, where, size=self._page_size, max_bytes=self._page_bytes):
+            if self._subscription.expired:
+                self.ended = True
+                return
             encoded = frames.encode(page, envelope=self._subscription.envelope)
             yield from self.send([f for _, f in encoded], last_id=page[-1].id)
 
@@ -138,6 +145,9 @@ class _Reader:
         """Live events from the buffer, and heartbeats, until an overflow or the client leaves."""
         while True:
             pushed, overflowed = self._subscription.take()
+            if self._subscription.expired:
+                self.ended = True  # what it missed is replayed when it comes back with a token
+                return
             if overflowed:
                 return  # dropped events: the caller replays them from SQL, then carries on
             if not pushed:  # the hub's tick: idle for a heartbeat interval

@@ -11,7 +11,6 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 
-
 def post(client: FlaskClient, body: Any, stream: str = "orders", **kwargs: Any) -> TestResponse:
     return client.post(f"/streams/{stream}/events", json=body, **kwargs)
 

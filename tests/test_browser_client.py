@@ -8,7 +8,6 @@ Events are published straight to the server, never through the proxy.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -29,7 +28,7 @@ from browser_harness import (  # noqa: F401 (browser, server and proxy are fixtu
     wait_for_subscribers,
 )
 from conftest import Server
-from helpers import publish, wait_until
+from helpers import publish
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page, Route

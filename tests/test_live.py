@@ -12,7 +12,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import EVENTLOG_BIN, Server, empty_postgres, server_env, sqlite_database, url_of
+from conftest import (
+    EVENTLOG_BIN,
+    Server,
+    empty_postgres,
+    server_env,
+    sqlite_database,
+    url_of,
+)
 from helpers import Listener, free_port, publish, wait_until
 from sqlalchemy import Engine, text
 

@@ -42,7 +42,7 @@ class SlowReader(threading.Thread):
         super().__init__(daemon=True)
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
         self.sock.sendall(
-            f"GET /streams/big/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n".encode()
+            "GET /streams/big/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n".encode()
         )
         self.hurry = hurry
         self.last_id = last_id

@@ -11,9 +11,8 @@ import redis
 from flask import Flask
 from helpers import free_port, wait_until
 
-from eventlog import EventLog, create_app
+from eventlog import EventFilter, EventLog, create_app
 from eventlog.notify import RedisNotifier
-from eventlog import EventFilter
 from eventlog.store import read_page
 
 

@@ -73,11 +73,13 @@ class RacingHub(Hub):
         super().__init__(eventlog.engine, eventlog.notifier, poll_seconds=0.05, heartbeat_seconds=0.2)
         self.eventlog = eventlog
 
-    def subscribe(self, streams: Iterable[str] = (), *, envelope: bool = False) -> Subscription:
+    def subscribe(
+        self, streams: Iterable[str] = (), *, envelope: bool = False, expires_at: float | None = None
+    ) -> Subscription:
         self.start()
         racing = self.eventlog.publish("a", "racing")
         wait_until(lambda: self.cursor >= racing.id)
-        return super().subscribe(streams, envelope=envelope)
+        return super().subscribe(streams, envelope=envelope, expires_at=expires_at)
 
 
 def test_event_committed_while_subscribing_is_not_lost(eventlog: EventLog) -> None:

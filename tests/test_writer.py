@@ -11,9 +11,8 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
 from eventlog import EventFilter, EventLog, IdempotencyConflict, NewEvent
-from eventlog.store import read_page
 from eventlog.database import make_engine
-from eventlog.store import Appended, Publish, append_all
+from eventlog.store import Appended, Publish, append_all, read_page
 from eventlog.writer import Writer
 
 
