@@ -171,9 +171,13 @@ def readyz() -> Response:
 
 @blueprint.get("/metrics")
 def metrics_text() -> Response:
-    """Prometheus metrics, summed over the server's workers; 404 with EVENTLOG_METRICS=off."""
+    """Prometheus metrics, summed over the server's workers; 404 with EVENTLOG_METRICS=off.
+
+    With access control on, they need a token that may subscribe to every stream (``*``):
+    the counts describe the traffic of every stream, as reading all of them would."""
     if current_eventlog().settings.metrics == "off":
         raise NotFound("metrics are turned off (EVENTLOG_METRICS=off)")
+    _rights().require_subscribe([])
     body, content_type = metrics.exposition()
     return Response(body, content_type=content_type)
 

@@ -299,3 +299,15 @@ def test_app_helper_mints_a_token_its_api_accepts(database_url: str) -> None:
     finally:
         events.close()
 
+
+
+@pytest.mark.settings(**AUTH)
+def test_metrics_need_a_token_that_may_read_every_stream(client: FlaskClient) -> None:
+    """The counts describe every stream's traffic: only a token for ``*`` may see them."""
+    assert client.get("/metrics").status_code == 401
+    narrow = hs256(claims(subscribe=["orders", "user.*"]))
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {narrow}"}).status_code == 403
+    wide = hs256(claims(subscribe=["*"]))
+    response = client.get("/metrics", headers={"Authorization": f"Bearer {wide}"})
+    assert response.status_code == 200
+    assert "eventlog_published_events_total" in response.get_data(as_text=True)
