@@ -27,15 +27,16 @@ from flask import Blueprint, Response, request
 from flask.blueprints import BlueprintSetupState
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 
-from . import sse
+from . import metrics, sse
 from .auth import EVERY_STREAM, Rights
 from .body import decode_json
 from .errors import EventlogError, InvalidRequest, UnsupportedMediaType, problem
 from .events import StoredEvent, check_name
 from .extension import EXTENSION_KEY, current_eventlog
 from .http_auth import URL_TOKEN, add_cors_headers, request_token, take_url_tokens
+from .logs import ACCESS, Access
 from .query import parse_audit_query
 from .store import Page
 from .validation import parse_events
@@ -168,6 +169,15 @@ def readyz() -> Response:
     return _json({"status": status, **checks})
 
 
+@blueprint.get("/metrics")
+def metrics_text() -> Response:
+    """Prometheus metrics, summed over the server's workers; 404 with EVENTLOG_METRICS=off."""
+    if current_eventlog().settings.metrics == "off":
+        raise NotFound("metrics are turned off (EVENTLOG_METRICS=off)")
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type)
+
+
 @blueprint.get("/openapi.json")
 def openapi() -> Response:
     """The OpenAPI description of this API."""
@@ -236,12 +246,14 @@ def _live(streams: list[str], rights: Rights, *, extra: set[str], envelope: bool
         resume_after = sse.parse_last_event_id(raw)
     except ValueError as error:
         raise InvalidRequest(f"bad resume point: {error}") from None
+    access: Access | None = request.environ.get(ACCESS)
     body = current_eventlog().stream(
         streams,
         resume_after,
         envelope=envelope,
         client_gone=request.environ.get(CLIENT_GONE),
         expires_at=rights.expires_at,
+        on_end=None if access is None else access.stream_ended,
     )
     # Without a charset parameter: some SSE clients compare the type exactly, and the
     # format is UTF-8 by definition.
@@ -272,7 +284,12 @@ def _audit_page(params: list[tuple[str, str]]) -> Response:
         kept = [(k, v) for k, v in request.args.items(multi=True) if k not in (bound, URL_TOKEN)]
         next_url = f"{request.script_root}{request.path}?{urlencode([*kept, (bound, str(page.events[-1].id))])}"
     events = ",".join(e.to_json() for e in page.events)
-    return Response(f'{{"events":[{events}],"next":{json.dumps(next_url)}}}', mimetype=JSON)
+    # The highest id retention deleted in this page's range, over its streams: tells a
+    # range where nothing happened from one whose events were pruned.
+    pruned = json.dumps(page.pruned_through)
+    return Response(
+        f'{{"events":[{events}],"next":{json.dumps(next_url)},"pruned_through":{pruned}}}', mimetype=JSON
+    )
 
 
 def _events_json(events: list[StoredEvent]) -> str:

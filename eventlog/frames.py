@@ -32,7 +32,7 @@ def encode(events: Iterable[StoredEvent], *, envelope: bool) -> list[tuple[Store
             log.error("event %d has a stream or type name that SSE cannot carry; skipped", event.id)
             continue
         data = event.to_json() if envelope else event.data
-        encoded.append((event, sse.frame(event.id, event.type, data)))
+        encoded.append((event, sse.frame(event.id, event.type, data, event.time.timestamp())))
     return encoded
 
 

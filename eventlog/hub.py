@@ -43,7 +43,7 @@ from collections.abc import Iterable
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import frames
+from . import frames, metrics
 from .events import EventFilter, StoredEvent
 from .notify import Notifier
 from .sse import Frame
@@ -178,6 +178,7 @@ class Hub:
         self._rung = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._metrics = metrics.get()
 
     @property
     def cursor(self) -> int:
@@ -220,27 +221,31 @@ class Hub:
                 heapq.heappush(self._deadline_heap, (deadline, id(subscription), subscription))
         if expires_at is not None:
             self._beat_wake.set()  # it may be earlier than what the beat thread sleeps until
+        self._metrics.live_subscribers.inc()
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Remove a subscriber (again is harmless)."""
         with self._lock:
+            found = subscription in self._everything
             self._everything.discard(subscription)
             if self._deadlines.pop(subscription, None) is not None and (
                 len(self._deadline_heap) > 2 * len(self._deadlines) + 100
             ):  # drop the entries of ended subscriptions, so the heap stays in bounds
                 self._deadline_heap = [(d, id(s), s) for s, d in self._deadlines.items()]
                 heapq.heapify(self._deadline_heap)
-            found = False
+            filtered = False
             for stream in subscription.streams:
                 subscribers = self._by_stream.get(stream)
                 if subscribers is not None and subscription in subscribers:
-                    found = True
+                    filtered = True
                     subscribers.remove(subscription)
                     if not subscribers:
                         del self._by_stream[stream]
-            if found:
+            if filtered:
                 self._formats[subscription.envelope] -= 1
+        if found or filtered:
+            self._metrics.live_subscribers.dec()
 
     def ring(self, last_id: int | None) -> None:
         """A doorbell: ids up to ``last_id`` (None: unknown) may be waiting in SQL."""
@@ -276,13 +281,17 @@ class Hub:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._rung.wait(self._poll_seconds)
+            # False: the poll timeout woke us, so whatever the read finds, nobody announced.
+            rung = self._rung.wait(self._poll_seconds)
             pause = self._fanned_out_at + self._fanout_seconds - time.monotonic()
             if pause > 0:
                 self._stop.wait(pause)  # rings meanwhile are served by the read that follows
+            rung = rung or self._rung.is_set()
             self._rung.clear()
             try:
-                self._catch_up()
+                found = self._catch_up()
+                if found and not rung:
+                    self._metrics.polled.inc(found)
             except SQLAlchemyError as error:
                 log.warning("hub could not read new events (%s); retrying", type(error).__name__)
 
@@ -312,18 +321,22 @@ class Hub:
             subscription.expire()
         return following
 
-    def _catch_up(self) -> None:
-        """Read everything after the cursor, page by page, and fan it out."""
-        where = EventFilter(after=self._cursor)
+    def _catch_up(self) -> int:
+        """Read everything after the cursor, page by page, and fan it out; how many ids it
+        moved past."""
+        start = self._cursor
+        where = EventFilter(after=start)
         for page in pages(self._engine, where, size=self._page_size, max_bytes=self._page_bytes):
             self._fanned_out_at = time.monotonic()
+            events = page.events
             try:
-                self._fan_out(page)
+                self._fan_out(events)
             except Exception:  # a bug must not stop delivery, nor retry the same page forever
-                log.exception("hub failed to fan out events %d-%d", page[0].id, page[-1].id)
-                self._skip(page[-1].id)
+                log.exception("hub failed to fan out events %d-%d", events[0].id, events[-1].id)
+                self._skip(events[-1].id)
             if self._stop.is_set():
-                return
+                break
+        return self._cursor - start
 
     def _skip(self, last_id: int) -> None:
         """Move past a page that could not be fanned out: every subscriber catches up on it
@@ -347,6 +360,12 @@ class Hub:
         # registers either before (and is pushed this batch) or after (its position is past
         # the batch, which is in SQL for its replay).
         with self._lock:
+            if events[-1].id - self._cursor != len(events):
+                # Ids have no gaps, so these were pruned before this read (a tiny
+                # EVENTLOG_RETAIN_EVENTS): every subscriber catches up from SQL, which
+                # tells it whether its streams lost events it had not read.
+                for subscription in self._everything.union(*self._by_stream.values()):
+                    subscription.drop()
             targets: dict[Subscription, list[Frame]] = {
                 s: [f for _, f in framed(s.envelope)] for s in self._everything
             }

@@ -20,6 +20,8 @@ from typing import Protocol
 
 import redis
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 Ring = Callable[[int | None], None]
@@ -45,6 +47,8 @@ class LocalNotifier:
 
     def __init__(self) -> None:
         self._rings: list[Ring] = []
+        self._connected = metrics.get().notifier_connected
+        self._connected.set(1)  # in-process, every announcement is heard
 
     def announce(self, first_id: int, last_id: int) -> None:
         for ring in list(self._rings):
@@ -92,6 +96,7 @@ class RedisNotifier(LocalNotifier):
         self._wake = threading.Event()
         self._closed = False
         self._sender: threading.Thread | None = None
+        self._connected.set(0)  # until the subscription is confirmed
 
     def announce(self, first_id: int, last_id: int) -> None:
         """Ring the local hub now; PUBLISH from a background sender, off the caller's path.
@@ -169,10 +174,12 @@ class RedisNotifier(LocalNotifier):
                 if message["type"] == "subscribe":
                     # Confirmed, now or after redis-py reconnected by itself: whatever was
                     # announced while we were not listening is in SQL, so re-read once.
+                    self._connected.set(1)
                     ring(None)
                 elif message["type"] == "message":
                     ring(_last_id(message["data"]))
         finally:
+            self._connected.set(0)
             pubsub.close()
 
 

@@ -12,14 +12,18 @@ What gunicorn does below Flask is bounded and answered here:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import resource
+import shutil
 import socket
+import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -32,10 +36,13 @@ from werkzeug.exceptions import BadRequest, RequestTimeout
 
 from .config import ANY_HOST, is_loopback, key_of
 from .errors import problem
+from .logs import logging_config, with_access_log
+from .metrics import MULTIPROCESS_DIR
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 KEEPALIVE_SECONDS = 5
 """How long a connection may idle between requests, and the time a request head has."""
@@ -50,23 +57,30 @@ LIMIT_REQUEST_FIELD_SIZE = 8190
 class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
     """A gunicorn application that builds the eventlog app inside each worker."""
 
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, access_log: bool, options: dict[str, Any]) -> None:
+        self.access_log = access_log  # eventlog's own (logs.py), not gunicorn's
         self.options = options
         super().__init__()
 
     def load_config(self) -> None:
         for key, value in self.options.items():
             self.cfg.set(key, value)
+        # What gunicorn's own command line would read: GUNICORN_CMD_ARGS, for every setting
+        # eventlog does not decide itself (those above win).
+        parser = self.cfg.parser()
+        from_env = parser.parse_args(self.cfg.get_cmd_args_from_env())
+        for key, value in vars(from_env).items():
+            if value is not None and key != "args" and key not in self.options:
+                self.cfg.set(key.lower(), value)
 
     def load(self) -> Any:
         # Imported here, in the worker, after gevent has patched the standard library.
         from .app import create_app
 
-        # eventlog's own messages at the chosen level too, beside gunicorn's.
-        logging.basicConfig(level=self.cfg.loglevel.upper(), format="%(levelname)s %(name)s: %(message)s")
         app = create_app()
         timeout = app.extensions["eventlog"].settings.request_timeout_seconds
-        return with_connection(app.wsgi_app, request_timeout=timeout)
+        wrapped = with_connection(app.wsgi_app, request_timeout=timeout)
+        return with_access_log(wrapped) if self.access_log else wrapped
 
 
 class Worker(GeventWorker):  # type: ignore[misc]
@@ -109,10 +123,11 @@ class _Written:
 
 def serve(
     host: str, port: int, workers: int, connections: int, *, log_level: str = "info",
-    access_log: bool = False,
+    access_log: bool = False, log_format: str = "text", notes: Sequence[str] = (),
 ) -> None:
     """Run the server in the foreground until it is told to stop; ``access_log`` writes a
-    line per request to stderr."""
+    line per request to stderr; ``notes`` are logged as warnings once it listens (in the
+    log's format, like every other line)."""
     _raise_open_file_limit(connections + 100)
     # The default allowed hosts are the loopback names, right for a loopback bind; bound
     # elsewhere, the server cannot know the names it is reached by. The workers inherit this.
@@ -121,7 +136,66 @@ def serve(
     # The worker patches the standard library after the fork, once this process has imported
     # redis; the only module that kept unpatched ssl names is redis.asyncio, which is unused.
     warnings.filterwarnings("ignore", "Monkey-patching ssl", MonkeyPatchWarning)
-    Server(
+    owned = _metrics_directory()
+    master = os.getpid()
+    try:
+        _server(host, port, workers, connections, log_level, log_format, notes, access_log).run()
+    finally:
+        # A worker leaves through here too (gunicorn ends it with SystemExit): only the master
+        # may remove the directory every worker still writes to.
+        if owned is not None and os.getpid() == master:
+            shutil.rmtree(owned, ignore_errors=True)
+
+
+def _metrics_directory() -> str | None:
+    """Point PROMETHEUS_MULTIPROC_DIR at an empty directory for the workers' metrics; the
+    path of a temporary one this server made (and removes), None for the user's own.
+
+    Set before anything imports prometheus_client, which reads it once, at import.
+    """
+    given = os.environ.get(MULTIPROCESS_DIR)
+    if given:
+        # Values a previous run left would be added to this run's.
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        return None
+    owned = tempfile.mkdtemp(prefix="eventlog-metrics-")
+    os.environ[MULTIPROCESS_DIR] = owned
+    return owned
+
+
+def _worker_exited(server: Any, worker: Any) -> None:
+    """gunicorn's child_exit hook: a dead worker's live gauges leave the sums."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def _ready(server: Any, notes: Sequence[str]) -> None:
+    """gunicorn's when_ready hook: the address really listened on, once it is."""
+    # With SO_REUSEPORT the workers bind sockets of their own, and the master holds none.
+    addresses = ", ".join(
+        [str(listener) for listener in server.LISTENERS] or [_url(a) for a in server.cfg.address]
+    )
+    workers = server.cfg.workers
+    log.info("eventlog listening on %s (%d worker%s)", addresses, workers, "" if workers == 1 else "s")
+    for note in notes:
+        log.warning("%s", note)
+
+
+def _url(address: tuple[str, int] | str) -> str:
+    if isinstance(address, str):
+        return f"unix:{address}"
+    host, port = address
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _server(
+    host: str, port: int, workers: int, connections: int, log_level: str, log_format: str,
+    notes: Sequence[str], access_log: bool,
+) -> Server:
+    return Server(
+        access_log,
         {
             "bind": f"{host}:{port}",
             "workers": workers,
@@ -140,9 +214,11 @@ def serve(
             # connection, and the split was lopsided (ARCHITECTURE.md, "Serving").
             "reuse_port": workers > 1,
             "loglevel": log_level,
-            "accesslog": "-" if access_log else None,
+            "logconfig_dict": logging_config(log_format, log_level),
+            "child_exit": _worker_exited,
+            "when_ready": functools.partial(_ready, notes=notes),
         }
-    ).run()
+    )
 
 
 def with_connection(app: WSGIApplication, *, request_timeout: float) -> WSGIApplication:

@@ -47,15 +47,17 @@ def encode(data: str, *, id: int | str | None = None, event: str | None = None) 
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """An encoded event: its id (to order and deduplicate by) and its bytes on the wire."""
+    """An encoded event: its id (to order and deduplicate by), its bytes on the wire, and
+    its time in seconds since the epoch (for the delivery lag)."""
 
     id: int
     wire: bytes
+    time: float
 
 
-def frame(id: int, event: str, data: str) -> Frame:
+def frame(id: int, event: str, data: str, time: float) -> Frame:
     """Encode one stored event once, for however many readers it is sent to."""
-    return Frame(id, encode(data, id=id, event=event).encode())
+    return Frame(id, encode(data, id=id, event=event).encode(), time)
 
 
 def comment(text: str = "") -> str:

@@ -14,26 +14,37 @@ with ``expires_at`` (its token's expiry) ends when the hub marks its subscriptio
 between two writes, even when idle: its client must come back with a fresh token. The cursor
 is the last id sent; only ``_Reader.send`` moves it. No database connection is held while
 the stream waits or writes: each replay page borrows one briefly.
+
+Retention may delete events a replay has not read yet, before it starts or while it runs.
+Each replay page is read together with what was pruned of the stream's streams past the
+cursor, in one snapshot; anything new there becomes a ``reset`` event before the page, so
+a gap is always announced, never silent.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import frames, sse
+from . import frames, metrics, sse
 from .events import RESET_TYPE, EventFilter
 from .hub import Hub, Subscription
 from .sse import Frame
-from .store import head, pages
+from .store import Page, head, oldest, pages
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT = sse.comment("heartbeat").encode()
+REPORT_SECONDS = 1.0
+"""How often at most a live stream moves its count of events sent into the metrics, and
+samples its delivery lag (also when it idles or ends). Under ``eventlog serve`` a counter and a
+histogram written per batch cost about 7 µs of CPU per subscriber (locked writes to files),
+about 1 µs per delivery at 8 events a write, where a whole delivery costs 10 to 14 µs."""
 
 
 def event_stream(
@@ -48,11 +59,13 @@ def event_stream(
     page_bytes: int = 8 * 1024 * 1024,
     client_gone: Callable[[], bool] | None = None,
     expires_at: float | None = None,
+    on_end: Callable[[int], None] | None = None,
 ) -> Iterator[bytes]:
     """Yield SSE bytes for events of ``streams`` (all if empty) with id > ``resume_after``.
 
     Without a resume point the stream starts where the hub is: only new events. A resume
-    point beyond the head gets a ``reset`` event naming both, then continues from the head. If the
+    point beyond the head gets a ``reset`` event, then continues from the head; so does one
+    whose following events were pruned, which continues with what is kept. If the
     database fails, the stream ends (after ``retry:``, if nothing was sent yet): the client
     comes back and resumes, where an error status would make EventSource give up for good.
 
@@ -61,8 +74,10 @@ def event_stream(
     asked at each heartbeat tick, so a closed idle stream ends at the first tick after the
     close. Otherwise only a failed write ends it, and TCP accepts the first write after a close.
     ``expires_at`` (seconds since the epoch): the stream ends then, even while idle.
+    ``on_end`` is called with the number of events sent when the stream ends (the access log).
     """
     subscription: Subscription | None = None
+    reader: _Reader | None = None
     started = False
     try:
         subscription = hub.subscribe(streams, envelope=envelope, expires_at=expires_at)
@@ -82,6 +97,10 @@ def event_stream(
     finally:
         if subscription is not None:
             hub.unsubscribe(subscription)
+        if reader is not None:
+            reader.report()
+        if on_end is not None:
+            on_end(0 if reader is None else reader.sent)
 
 
 class _Reader:
@@ -104,9 +123,19 @@ class _Reader:
         self._client_gone = client_gone
         self.cursor = subscription.position  # the last id sent (or skipped as sent)
         self.ended = False
+        self._told: dict[str, int] = {}  # per stream, the pruned bound a reset reported
+        self.sent = 0  # events written
+        self._unreported = 0  # of those, not yet in the metrics
+        self._report_at = 0.0  # time.monotonic() of the next live batch's report: the first at once
+        self._metrics = metrics.get()
 
     def start(self, resume_after: int | None) -> bytes | None:
-        """Place the cursor at the resume point; a ``reset`` frame if it lies beyond the head."""
+        """Place the cursor at the resume point; a ``reset`` frame if it lies beyond the head.
+
+        A resume point before the subscription's position is replayed, and the replay's first
+        page says whether events after it were pruned (``replay``): one check, in the same
+        snapshot as the events it is about.
+        """
         position = self._subscription.position
         if resume_after is None or resume_after <= position:
             self.cursor = position if resume_after is None else resume_after
@@ -115,12 +144,27 @@ class _Reader:
         # needs the database, to tell an id that is about to commit from one that never was.
         with self._engine.connect() as conn:
             newest = head(conn)
-        if resume_after <= newest:
-            self.cursor = resume_after
+            if resume_after <= newest:
+                self.cursor = resume_after
+                return None
+            self.cursor = newest
+            self._metrics.resets["beyond_head"].inc()
+            return self._reset(conn, resume_after, newest, id=newest)
+
+    def _reset(self, conn: Connection, requested: int, newest: int, *, id: int) -> bytes:
+        """The ``reset`` frame: the resume point could not be served exactly."""
+        body = {"requested": requested, "oldest": oldest(conn, self._streams), "head": newest}
+        return sse.encode(json.dumps(body), id=id, event=RESET_TYPE).encode()
+
+    def _pruned_reset(self, page: Page) -> bytes | None:
+        """A ``reset`` frame if ``page`` (read after the cursor) found events past the cursor
+        pruned that no earlier reset reported; the stream goes on with what is kept."""
+        if all(bound <= self._told.get(s, 0) for s, bound in page.pruned.items()):
             return None
-        self.cursor = newest
-        reset = json.dumps({"requested": resume_after, "head": newest})
-        return sse.encode(reset, id=newest, event=RESET_TYPE).encode()
+        self._told.update(page.pruned)
+        self._metrics.resets["pruned"].inc()
+        with self._engine.connect() as conn:
+            return self._reset(conn, self.cursor, head(conn), id=self.cursor)
 
     def follow(self) -> Iterator[bytes]:
         """Replay what lies before the subscription's position, then live, until the end."""
@@ -132,14 +176,23 @@ class _Reader:
                 yield from self.replay()
 
     def replay(self) -> Iterator[bytes]:
-        """Everything after the cursor that is in SQL, page by page."""
+        """Everything after the cursor that is in SQL, page by page, each after a ``reset``
+        if events past the cursor were pruned meanwhile."""
         where = EventFilter(streams=self._streams, after=self.cursor)
-        for page in pages(self._engine, where, size=self._page_size, max_bytes=self._page_bytes):
+        for page in pages(
+            self._engine, where, size=self._page_size, max_bytes=self._page_bytes, with_pruned=True
+        ):
             if self._subscription.expired:
                 self.ended = True
                 return
-            encoded = frames.encode(page, envelope=self._subscription.envelope)
-            yield from self.send([f for _, f in encoded], last_id=page[-1].id)
+            reset = self._pruned_reset(page)
+            if reset is not None:
+                yield reset
+            if page.events:
+                encoded = frames.encode(page.events, envelope=self._subscription.envelope)
+                self._metrics.replayed.inc(len(encoded))
+                yield from self.send([f for _, f in encoded], last_id=page.events[-1].id)
+                self.report()
 
     def live(self) -> Iterator[bytes]:
         """Live events from the buffer, and heartbeats, until an overflow or the client leaves."""
@@ -149,8 +202,10 @@ class _Reader:
                 self.ended = True  # what it missed is replayed when it comes back with a token
                 return
             if overflowed:
+                self._metrics.overflows.inc()
                 return  # dropped events: the caller replays them from SQL, then carries on
             if not pushed:  # the hub's tick: idle for a heartbeat interval
+                self.report()
                 if self._client_gone is not None and self._client_gone():
                     self.ended = True
                     return
@@ -158,9 +213,23 @@ class _Reader:
                 continue
             fresh = [f for f in pushed if f.id > self.cursor]
             if fresh:
+                sample = time.monotonic() >= self._report_at
+                if sample:
+                    self._metrics.delivery_lag.observe(time.time() - fresh[0].time)
                 yield from self.send(fresh, last_id=fresh[-1].id)
+                if sample:
+                    self.report()
+                    self._report_at = time.monotonic() + REPORT_SECONDS
 
     def send(self, batch: list[Frame], *, last_id: int) -> Iterator[bytes]:
         """Write ``batch`` and move the cursor to ``last_id`` (skipped events included)."""
         yield from frames.chunks(batch)
         self.cursor = last_id
+        self.sent += len(batch)
+        self._unreported += len(batch)
+
+    def report(self) -> None:
+        """Move the events sent since the last report into the metrics."""
+        if self._unreported:
+            self._metrics.delivered.inc(self._unreported)
+            self._unreported = 0

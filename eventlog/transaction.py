@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import Connection, event
 from sqlalchemy.orm import Session, scoped_session
 
+from . import metrics
 from .notify import Notifier
 
 Announce = Callable[[int, int], None]
@@ -103,4 +104,5 @@ def _announce_checked_in(_dbapi_connection: Any, record: Any) -> None:
 
 def _announce(ranges: list[tuple[Notifier, int, int]]) -> None:
     for notifier, first_id, last_id in ranges:
+        metrics.get().stored.inc(last_id - first_id + 1)  # committed now, so stored
         notifier.announce(first_id, last_id)

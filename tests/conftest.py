@@ -24,8 +24,9 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers import free_port, wait_until
+from helpers import CuttableProxy, free_port, wait_until
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from eventlog import EventLog, create_app
@@ -85,7 +86,7 @@ def url_of(engine: Engine) -> str:
 
 def empty_postgres(engine: Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE events, idempotency_keys"))
+        conn.execute(text("TRUNCATE events, idempotency_keys, pruned_streams"))
         conn.execute(text("UPDATE event_counter SET last_id = 0"))
 
 
@@ -113,6 +114,16 @@ def postgres_url(postgres_engine: Engine) -> str:
     """The PostgreSQL test database, migrated and empty."""
     empty_postgres(postgres_engine)
     return url_of(postgres_engine)
+
+
+@pytest.fixture
+def database_proxy(postgres_url: str) -> Iterator[CuttableProxy]:
+    """A proxy in front of the test's PostgreSQL that the test may cut or black-hole
+    (``helpers.through`` gives a database URL by way of it)."""
+    url = make_url(postgres_url)
+    proxy = CuttableProxy(url.port or 5432, url.host or "127.0.0.1", http=False)
+    yield proxy
+    proxy.close()
 
 
 # --- redis -----------------------------------------------------------------------------
@@ -217,6 +228,7 @@ class Server:
     port: int
     env: dict[str, str]
     args: list[str]
+    log: Path | None = None  # where its stderr goes (appended), when the test reads it
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None  # where its stdout and stderr go (default: the test's own)
 
@@ -275,8 +287,8 @@ def start_server() -> Iterator[Callable[..., Server]]:
     """Start ``eventlog serve`` processes: ``start_server(database_url, redis_url=None, ...)``.
 
     Extra keyword arguments become EVENTLOG_* settings (``POLL_SECONDS=0.5``); ``args`` are
-    extra command-line arguments; ``log`` a file for its output. Every server is stopped
-    when the test ends.
+    extra command-line arguments; ``log`` a file for its output; ``env`` more environment
+    variables. Every server is stopped when the test ends.
     """
     servers: list[Server] = []
 
@@ -287,10 +299,11 @@ def start_server() -> Iterator[Callable[..., Server]]:
         args: list[str] | None = None,
         port: int | None = None,
         log: Path | None = None,
+        env: dict[str, str] | None = None,
         **settings: Any,
     ) -> Server:
-        env = server_env(database_url, redis_url, **settings)
-        server = Server(port or free_port(), env, args or [], log=log)
+        environment = {**server_env(database_url, redis_url, **settings), **(env or {})}
+        server = Server(port or free_port(), environment, args or [], log=log)
         servers.append(server)  # before start(), so a server that never got ready is stopped too
         server.start()
         return server
