@@ -122,7 +122,7 @@ def test_open_stream_ends_within_a_second_of_its_tokens_expiry(server: Server) -
         assert response.status_code == 200
         received = b"".join(response.iter_raw())  # returns when the server ends the stream
         ended = time.time()
-    assert received.startswith(b"retry: 500\n") and b"data:" not in received
+    assert received.startswith(b"retry: 500\n") and b"data:" not in received  # idle to the end
     assert ended <= expires_at + 1, f"ended {ended - expires_at:.2f} s after exp"
     assert ended >= expires_at - 1
 
