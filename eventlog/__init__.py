@@ -15,6 +15,7 @@ from .errors import (
     IdempotencyConflict,
     InvalidRequest,
     PayloadTooLarge,
+    QueryTooLong,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "NewEvent",
     "Page",
     "PayloadTooLarge",
+    "QueryTooLong",
     "StoredEvent",
     "Unauthorized",
     "UnsupportedMediaType",

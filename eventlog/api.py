@@ -284,7 +284,12 @@ def _audit_page(params: list[tuple[str, str]]) -> Response:
         kept = [(k, v) for k, v in request.args.items(multi=True) if k not in (bound, URL_TOKEN)]
         next_url = f"{request.script_root}{request.path}?{urlencode([*kept, (bound, str(page.events[-1].id))])}"
     events = ",".join(e.to_json() for e in page.events)
-    return Response(f'{{"events":[{events}],"next":{json.dumps(next_url)}}}', mimetype=JSON)
+    # The highest id retention deleted in this page's range, over its streams: tells a
+    # range where nothing happened from one whose events were pruned.
+    pruned = json.dumps(page.pruned_through)
+    return Response(
+        f'{{"events":[{events}],"next":{json.dumps(next_url)},"pruned_through":{pruned}}}', mimetype=JSON
+    )
 
 
 def _events_json(events: list[StoredEvent]) -> str:

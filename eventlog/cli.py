@@ -20,6 +20,7 @@ from flask import Flask
 from flask.cli import ScriptInfo
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from tqdm import tqdm
 
 from . import body as strict_json
 from .app import create_app
@@ -228,37 +229,94 @@ def publish(stream: str, data: str, type_: str, token: str | None) -> None:
     click.echo(current_eventlog().publish(stream, value, type=type_).to_json())
 
 
+def audit_options(command: F) -> F:
+    """Give ``command`` the audit query's filters as options (``query``, ``export``): it is
+    called with them checked by the HTTP API's parser, as ``where``, ``newest_first`` and
+    ``limit``. Put it under ``in_app()``, so a bad value is the same one-line error."""
+
+    @functools.wraps(command)
+    def run(
+        stream: tuple[str, ...],
+        types: tuple[str, ...],
+        after: int | None,
+        before: int | None,
+        since: str | None,
+        until: str | None,
+        order: str,
+        **rest: Any,
+    ) -> Any:
+        optional = {"after": after, "before": before, "since": since, "until": until}
+        params = [
+            *(("stream", s) for s in stream),
+            *(("type", t) for t in types),
+            *((name, str(value)) for name, value in optional.items() if value is not None),
+            ("order", order),
+        ]
+        audit = parse_audit_query(params)
+        return command(where=audit.where, newest_first=audit.newest_first, **rest)
+
+    options = [
+        click.option("--stream", multiple=True, help="Only this stream (repeatable)."),
+        click.option("--type", "types", multiple=True, help="Only this event type (repeatable)."),
+        click.option("--after", type=int, help="Only ids greater than this."),
+        click.option("--before", type=int, help="Only ids less than this."),
+        click.option("--since", help="Only events at or after this RFC 3339 time."),
+        click.option("--until", help="Only events before this RFC 3339 time."),
+        click.option(
+            "--limit", type=click.IntRange(1), help="At most this many events.  [default: all]"
+        ),
+        click.option(
+            "--order", type=click.Choice(["asc", "desc"]), default="asc", help="Oldest or newest first."
+        ),
+    ]
+    for option in reversed(options):
+        run = option(run)
+    return run  # type: ignore[return-value]
+
+
 @click.command()
-@click.option("--stream", multiple=True, help="Only this stream (repeatable).")
-@click.option("--type", "types", multiple=True, help="Only this event type (repeatable).")
-@click.option("--after", type=int, help="Only ids greater than this.")
-@click.option("--before", type=int, help="Only ids less than this.")
-@click.option("--since", help="Only events at or after this RFC 3339 time.")
-@click.option("--until", help="Only events before this RFC 3339 time.")
-@click.option("--limit", type=click.IntRange(1), help="Print at most this many events.  [default: all]")
-@click.option("--order", type=click.Choice(["asc", "desc"]), default="asc", help="Oldest or newest first.")
 @click.option("--token", envvar="EVENTLOG_TOKEN", show_envvar=True, help=TOKEN_HELP)
 @in_app()
-def query(
-    stream: tuple[str, ...],
-    types: tuple[str, ...],
-    after: int | None,
-    before: int | None,
-    since: str | None,
-    until: str | None,
-    limit: int | None,
-    order: str,
-    token: str | None,
-) -> None:
+@audit_options
+def query(where: EventFilter, newest_first: bool, limit: int | None, token: str | None) -> None:
     """Print matching events as JSON lines, following pages to the end."""
-    where, newest_first = audit_filter(stream, types, after, before, since, until, order)
-    rights = _token_rights(token)
-    if rights is not None:
-        rights.require_subscribe(where.streams)
-    for printed, event in enumerate(current_eventlog().events(where, newest_first=newest_first)):
-        if limit is not None and printed >= limit:
-            break
-        sys.stdout.write(event.to_json() + "\n")
+    _write_events(where, newest_first, limit, token, progress=False)
+
+
+@click.command()
+@click.option("--token", envvar="EVENTLOG_TOKEN", show_envvar=True, help=TOKEN_HELP)
+@in_app()
+@audit_options
+def export(where: EventFilter, newest_first: bool, limit: int | None, token: str | None) -> None:
+    """Write matching events as JSON lines to standard output, in the audit query's shape
+    (e.g. to archive them before a prune: eventlog export --until 2026-01-01T00:00:00Z >
+    old.jsonl). On a terminal, stderr shows a progress bar (its total from a COUNT first)."""
+    written = _write_events(where, newest_first, limit, token, progress=True)
+    click.echo(f"exported {written} events", err=True)
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@in_app()
+def prune(dry_run: bool) -> None:
+    """Delete now the events that EVENTLOG_RETAIN_SECONDS and EVENTLOG_RETAIN_EVENTS no
+    longer keep (servers also do it every EVENTLOG_PRUNE_SECONDS). Prints the count."""
+    events = current_eventlog()
+    if not events.retention.active:
+        click.echo(
+            f"nothing to prune: neither {key_of('retain_seconds')} nor {key_of('retain_events')}"
+            " is set, so every event is kept"
+        )
+        return
+    if dry_run:
+        click.echo(f"{events.prune(dry_run=True)} events would be pruned")
+        return
+    total = events.prune(dry_run=True) if _on_terminal() else None
+    with _progress(total, "pruning") as bar:
+        deleted = events.prune(on_batch=bar.update)
+    if deleted is None:
+        raise click.ClickException("another process is pruning right now; nothing was deleted")
+    click.echo(f"pruned {deleted} events")
 
 
 @click.group()
@@ -289,28 +347,45 @@ for group in (main, flask_group):
     group.add_command(db)
     group.add_command(publish)
     group.add_command(query)
+    group.add_command(export)
+    group.add_command(prune)
     group.add_command(token)
 
 
-def audit_filter(
-    stream: tuple[str, ...],
-    types: tuple[str, ...],
-    after: int | None,
-    before: int | None,
-    since: str | None,
-    until: str | None,
-    order: str,
-) -> tuple[EventFilter, bool]:
-    """The audit filters given as options, checked by the same parser as the HTTP API's."""
-    optional = {"after": after, "before": before, "since": since, "until": until}
-    params = [
-        *(("stream", s) for s in stream),
-        *(("type", t) for t in types),
-        *((name, str(value)) for name, value in optional.items() if value is not None),
-        ("order", order),
-    ]
-    audit = parse_audit_query(params)
-    return audit.where, audit.newest_first
+def _write_events(
+    where: EventFilter, newest_first: bool, limit: int | None, token: str | None, *, progress: bool
+) -> int:
+    """Write the events matching ``where`` to stdout as JSON lines; return how many.
+
+    With a ``token``, its rights must cover the streams asked for (as over HTTP)."""
+    rights = _token_rights(token)
+    if rights is not None:
+        rights.require_subscribe(where.streams)
+    events = current_eventlog()
+    total: int | None = None
+    if progress and _on_terminal():
+        total = events.count(where)
+        total = total if limit is None else min(total, limit)
+    written = 0
+    with _progress(total, "exporting", enabled=progress) as bar:
+        for event in events.events(where, newest_first=newest_first):
+            if limit is not None and written >= limit:
+                break
+            sys.stdout.write(event.to_json() + "\n")
+            written += 1
+            bar.update(1)
+    return written
+
+
+def _on_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def _progress(total: int | None, what: str, *, enabled: bool = True) -> tqdm[Any]:
+    """A progress bar of events on stderr, shown only on a terminal."""
+    return tqdm(
+        total=total, desc=what, unit=" events", file=sys.stderr, disable=not (enabled and _on_terminal())
+    )
 
 
 def _token_rights(token: str | None) -> Rights | None:

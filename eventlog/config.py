@@ -65,12 +65,25 @@ class Settings:
     cors_origins: str = ""
     request_timeout_seconds: float = 60.0
     allowed_hosts: str = ",".join(LOOPBACK_HOSTS)
+    retain_seconds: float = _setting(0.0, zero=True)
+    retain_events: int = _setting(0, zero=True)
+    prune_seconds: float = 60.0
     metrics: str = _setting("on", choices=("on", "off"))
 
     def trusted_hosts(self) -> list[str] | None:
         """``allowed_hosts`` as Flask's ``TRUSTED_HOSTS``: None (any host) for ``*``."""
         hosts = [host.strip() for host in self.allowed_hosts.split(",") if host.strip()]
         return None if ANY_HOST in hosts else hosts
+    # Every wait on the database, in seconds (PostgreSQL; ARCHITECTURE.md "Every wait is
+    # bounded" says what each bounds). 0 leaves that wait unbounded.
+    connect_timeout_seconds: float = _setting(3.0, zero=True)
+    reply_timeout_seconds: float = _setting(6.0, zero=True)
+    statement_timeout_seconds: float = _setting(5.0, zero=True)
+    lock_timeout_seconds: float = _setting(3.0, zero=True)
+    idle_in_transaction_timeout_seconds: float = _setting(2.0, zero=True)
+    keepalive_seconds: float = _setting(2.0, zero=True)
+    pool_timeout_seconds: float = 3.0
+    audit_timeout_seconds: float = _setting(2.0, zero=True)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -88,6 +101,7 @@ class Settings:
         values["cors_origins"] = _origins(values["cors_origins"])
         if not values["allowed_hosts"].strip(", "):
             raise ConfigError(f"{key_of('allowed_hosts')} is empty; name the hosts, or * for any")
+        _check_reply_timeout(values)
         return cls(**values)
 
     @property
@@ -140,6 +154,18 @@ def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
     elif isinstance(raw, bool) or value <= 0:
         raise ConfigError(f"{key} must be a positive number, got {raw!r}")
     return value
+
+
+def _check_reply_timeout(values: dict[str, Any]) -> None:
+    """This side must wait longer than the server's own caps, so that a statement the server
+    cancels reports why (a 503 or the audit's "too long") instead of a lost connection."""
+    reply = values["reply_timeout_seconds"]
+    for name in ("statement_timeout_seconds", "audit_timeout_seconds"):
+        if reply and not 0 < values[name] < reply:
+            raise ConfigError(
+                f"{key_of('reply_timeout_seconds')} ({reply:g}) must be above {key_of(name)}"
+                f" ({values[name]:g}), which must then not be 0"
+            )
 
 
 def _database_url(raw: str) -> str:

@@ -7,6 +7,7 @@
     ├── PayloadTooLarge       413 a request body over EVENTLOG_MAX_REQUEST_BYTES
     ├── UnsupportedMediaType  415 a publish whose Content-Type is not JSON
     ├── IdempotencyConflict   422 an Idempotency-Key reused for a different request
+    ├── QueryTooLong          503 an audit query over EVENTLOG_AUDIT_TIMEOUT_SECONDS
     └── ConfigError           a setting is missing or malformed, or the schema is not there;
                               raised at start-up, where it becomes a one-line error naming the
                               setting or the command to run
@@ -94,6 +95,14 @@ class IdempotencyConflict(EventlogError):
     status = 422
     slug = "idempotency-key-reused"
     title = "Idempotency key reused"
+
+
+class QueryTooLong(EventlogError):
+    """No Retry-After: the same query would take as long again; a narrower one would not."""
+
+    status = 503
+    slug = "query-too-long"
+    title = "Query took too long"
 
 
 class ConfigError(EventlogError):

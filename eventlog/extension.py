@@ -20,25 +20,36 @@ from typing import Any
 
 from flask import Flask, current_app, has_app_context
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, scoped_session
 
 from . import metrics, migrate
 from .auth import TokenAuth
 from .config import Settings, key_of
-from .database import make_engine
-from .errors import ConfigError, IdempotencyConflict
+from .database import Timeouts, make_engine
+from .errors import ConfigError, IdempotencyConflict, QueryTooLong
 from .events import EventFilter, NewEvent, StoredEvent
 from .hub import Hub
 from .notify import LocalNotifier, Notifier, RedisNotifier
+from .retention import Policy, Pruner, count, prune
 from .sse import DEFAULT_TYPE
-from .store import Appended, Page, Publish, append_all, pages, read_page
+from .store import (
+    Appended,
+    Page,
+    Publish,
+    append_all,
+    count_events,
+    pages,
+    read_page,
+    snapshot,
+)
 from .stream import event_stream
 from .transaction import announce_after_commit
 from .validation import parse_events
 from .writer import Writer
 
 EXTENSION_KEY = "eventlog"
+QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement its statement_timeout ended
 
 DatabaseSession = Session | scoped_session[Session] | Connection
 """What ``publish(..., session=...)`` writes in: the caller's open transaction."""
@@ -50,7 +61,7 @@ class _State:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         auth = TokenAuth.from_settings(settings)  # first: a bad key opens nothing
-        self.engine = make_engine(settings.database_url)
+        self.engine = make_engine(settings.database_url, timeouts_of(settings))
         self.notifier: Notifier = (
             RedisNotifier(settings.redis_url, settings.redis_channel)
             if settings.redis_url
@@ -68,12 +79,29 @@ class _State:
         )
         self.writer = Writer(self.engine, self.notifier.announce)
         self.auth = auth
+        self.policy = Policy(settings.retain_seconds, settings.retain_events)
+        self.pruner = Pruner(self.engine, self.policy, interval=settings.prune_seconds)
+        self.pruner.start()
 
     def close(self) -> None:
+        self.pruner.stop()
         self.hub.stop()
         self.notifier.close()
         self.writer.close()
         self.engine.dispose()
+
+
+def timeouts_of(settings: Settings) -> Timeouts:
+    """The database timeouts ``settings`` ask for."""
+    return Timeouts(
+        connect=settings.connect_timeout_seconds,
+        reply=settings.reply_timeout_seconds,
+        statement=settings.statement_timeout_seconds,
+        lock=settings.lock_timeout_seconds,
+        idle_in_transaction=settings.idle_in_transaction_timeout_seconds,
+        keepalive=settings.keepalive_seconds,
+        pool=settings.pool_timeout_seconds,
+    )
 
 
 class EventLog:
@@ -227,12 +255,38 @@ class EventLog:
 
     def page(self, where: EventFilter, *, limit: int, newest_first: bool = False) -> Page:
         """One page of the audit query (at most ``limit`` events, and about
-        ``EVENTLOG_PAGE_BYTES`` of data)."""
+        ``EVENTLOG_PAGE_BYTES`` of data), with what was pruned in its range.
+
+        On PostgreSQL the page may take ``EVENTLOG_AUDIT_TIMEOUT_SECONDS`` at most, else
+        QueryTooLong; SQLite has no statement timeout, so there it runs to the end.
+        """
         state = self._state()
-        with state.engine.connect() as conn:
-            return read_page(
-                conn, where, limit=limit, newest_first=newest_first, max_bytes=state.settings.page_bytes
-            )
+        cap = state.settings.audit_timeout_seconds
+        with snapshot(state.engine) as conn:
+            if cap and conn.dialect.name == "postgresql":
+                # LOCAL: it ends with this read's transaction, the pooled session keeps its own.
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {round(cap * 1000)}")
+            try:
+                return read_page(
+                    conn,
+                    where,
+                    limit=limit,
+                    newest_first=newest_first,
+                    max_bytes=state.settings.page_bytes,
+                    with_pruned=True,
+                )
+            except DBAPIError as error:
+                if getattr(error.orig, "sqlstate", None) != QUERY_CANCELED:
+                    raise
+                raise QueryTooLong(
+                    f"the query took longer than {cap:g} s; narrow it with stream, type,"
+                    " after/before or a shorter since/until"
+                ) from None
+
+    def count(self, where: EventFilter) -> int:
+        """How many events match ``where`` (one COUNT: an export's progress total)."""
+        with self._state().engine.connect() as conn:
+            return count_events(conn, where)
 
     def events(self, where: EventFilter, *, newest_first: bool = False) -> Iterator[StoredEvent]:
         """Every event matching ``where``, read page by page (for exports and the CLI)."""
@@ -240,7 +294,7 @@ class EventLog:
         for page in pages(
             state.engine, where, size=1000, newest_first=newest_first, max_bytes=state.settings.page_bytes
         ):
-            yield from page
+            yield from page.events
 
     def stream(
         self,
@@ -281,6 +335,23 @@ class EventLog:
         if isinstance(state.notifier, RedisNotifier):
             checks["redis"] = "ok" if state.notifier.ping() else "unreachable"
         return checks
+
+    # --- retention -------------------------------------------------------------------------
+
+    @property
+    def retention(self) -> Policy:
+        """What the log keeps (``EVENTLOG_RETAIN_SECONDS``, ``EVENTLOG_RETAIN_EVENTS``)."""
+        return self._state().policy
+
+    def prune(
+        self, *, dry_run: bool = False, on_batch: Callable[[int], object] | None = None
+    ) -> int | None:
+        """Delete now what retention no longer keeps, and return how many events (with
+        ``dry_run``, count them instead); None when another process is pruning."""
+        state = self._state()
+        if dry_run:
+            return count(state.engine, state.policy)
+        return prune(state.engine, state.policy, on_batch=on_batch)
 
     # --- schema ------------------------------------------------------------------------------
 

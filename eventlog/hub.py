@@ -328,11 +328,12 @@ class Hub:
         where = EventFilter(after=start)
         for page in pages(self._engine, where, size=self._page_size, max_bytes=self._page_bytes):
             self._fanned_out_at = time.monotonic()
+            events = page.events
             try:
-                self._fan_out(page)
+                self._fan_out(events)
             except Exception:  # a bug must not stop delivery, nor retry the same page forever
-                log.exception("hub failed to fan out events %d-%d", page[0].id, page[-1].id)
-                self._skip(page[-1].id)
+                log.exception("hub failed to fan out events %d-%d", events[0].id, events[-1].id)
+                self._skip(events[-1].id)
             if self._stop.is_set():
                 break
         return self._cursor - start
@@ -359,6 +360,12 @@ class Hub:
         # registers either before (and is pushed this batch) or after (its position is past
         # the batch, which is in SQL for its replay).
         with self._lock:
+            if events[-1].id - self._cursor != len(events):
+                # Ids have no gaps, so these were pruned before this read (a tiny
+                # EVENTLOG_RETAIN_EVENTS): every subscriber catches up from SQL, which
+                # tells it whether its streams lost events it had not read.
+                for subscription in self._everything.union(*self._by_stream.values()):
+                    subscription.drop()
             targets: dict[Subscription, list[Frame]] = {
                 s: [f for _, f in framed(s.envelope)] for s in self._everything
             }

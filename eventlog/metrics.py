@@ -114,7 +114,12 @@ def get() -> Metrics:
 def exposition() -> tuple[bytes, str]:
     """The metrics in the Prometheus text format, and its content type: summed over every
     worker that writes to ``PROMETHEUS_MULTIPROC_DIR`` when that is set."""
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        REGISTRY,
+        CollectorRegistry,
+        generate_latest,
+    )
 
     get()  # so a scrape before any traffic still lists every metric
     registry = REGISTRY

@@ -1,4 +1,5 @@
-"""The tables: the event log, the id counter that orders it, and idempotency keys."""
+"""The tables: the event log, the id counter that orders it, idempotency keys, and what
+retention has pruned."""
 
 from __future__ import annotations
 
@@ -36,8 +37,11 @@ class Event(Base):
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
+        # Each audit filter reads in id order from an index (see migration 0002).
         Index("ix_events_stream_id", "stream", "id"),
         Index("ix_events_time", "time"),
+        Index("ix_events_type_id", "type", "id"),
+        Index("ix_events_stream_type_id", "stream", "type", "id"),
     )
 
 
@@ -64,3 +68,19 @@ class IdempotencyKey(Base):
     first_id: Mapped[int | None] = mapped_column(Id)
     last_id: Mapped[int | None] = mapped_column(Id)
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    # Retention deletes a key with its first event: it looks keys up by that id.
+    __table_args__ = (Index("ix_idempotency_keys_first_id", "first_id"),)
+
+
+class PrunedStream(Base):
+    """Per stream, the highest event id retention has deleted.
+
+    Written in the transaction that deletes the events, so whoever no longer finds an event
+    finds the bound that covers it: a resume point or an audit page below it is told so.
+    """
+
+    __tablename__ = "pruned_streams"
+
+    stream: Mapped[str] = mapped_column(String(200), primary_key=True)
+    pruned_through: Mapped[int] = mapped_column(Id)

@@ -36,7 +36,6 @@ from werkzeug.exceptions import BadRequest, RequestTimeout
 
 from .config import ANY_HOST, is_loopback, key_of
 from .errors import problem
-
 from .logs import logging_config, with_access_log
 from .metrics import MULTIPROCESS_DIR
 

@@ -26,13 +26,14 @@ from sqlalchemy import (
     insert,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .errors import IdempotencyConflict
 from .events import EventFilter, NewEvent, StoredEvent, utc
-from .models import Counter, Event, IdempotencyKey
+from .models import Counter, Event, IdempotencyKey, PrunedStream
 
 COUNTER_ROW = 1
 
@@ -201,10 +202,21 @@ def head(conn: Connection) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """Events read in one go; ``more`` says whether further events may match."""
+    """Events read in one go; ``more`` says whether further events may match.
+
+    ``pruned``, when asked for, holds per stream of the filter the highest id retention
+    deleted, where that lies inside the page's range (read in the same snapshot as the
+    events): events of those streams in the range may be missing because they were pruned.
+    """
 
     events: list[StoredEvent]
     more: bool
+    pruned: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pruned_through(self) -> int | None:
+        """The highest id pruned in the page's range, over the filter's streams (or None)."""
+        return max(self.pruned.values(), default=None)
 
 
 def read_page(
@@ -214,13 +226,29 @@ def read_page(
     limit: int,
     newest_first: bool = False,
     max_bytes: int | None = None,
+    with_pruned: bool = False,
 ) -> Page:
     """Up to ``limit`` events matching ``where``, in id order (or reverse id order).
 
     With ``max_bytes`` the page also stops at the event that takes its data past that many
     characters (always holding at least one event), counted in SQL: a page of large events
-    never reaches this process whole.
+    never reaches this process whole. ``with_pruned`` adds ``Page.pruned``; read it on a
+    :func:`snapshot` connection, so it agrees with the events.
     """
+    page = _read_events(conn, where, limit=limit, newest_first=newest_first, max_bytes=max_bytes)
+    if not with_pruned:
+        return page
+    # The page's range ends below at ``after``, or, going newest first, at its last event
+    # when more follow (what was pruned below that belongs to later pages).
+    lowest = where.after or 0
+    if newest_first and page.more and page.events:
+        lowest = page.events[-1].id
+    return Page(page.events, page.more, pruned_above(conn, where.streams, lowest))
+
+
+def _read_events(
+    conn: Connection, where: EventFilter, *, limit: int, newest_first: bool, max_bytes: int | None
+) -> Page:
     order = Event.id.desc() if newest_first else Event.id
     matching = (
         select(Event.id, Event.stream, Event.type, Event.data, Event.time)
@@ -255,22 +283,70 @@ def pages(
     size: int,
     newest_first: bool = False,
     max_bytes: int | None = None,
-) -> Iterator[list[StoredEvent]]:
+    with_pruned: bool = False,
+) -> Iterator[Page]:
     """Every event matching ``where``, as keyset pages of at most ``size`` events (and
     about ``max_bytes`` of data).
 
     The one pager: the hub, a stream's replay and the CLI read through it. Each page
     borrows a connection only while it is read, so a consumer that waits between pages
-    (a slow client, a paused fan-out) holds none.
+    (a slow client, a paused fan-out) holds none. Pages come with events, except, with
+    ``with_pruned``, a last empty one that says what was pruned past the previous page.
     """
     while True:
-        with engine.connect() as conn:
-            page = read_page(conn, where, limit=size, newest_first=newest_first, max_bytes=max_bytes)
-        if page.events:
-            yield page.events
+        with snapshot(engine) if with_pruned else engine.connect() as conn:
+            page = read_page(
+                conn,
+                where,
+                limit=size,
+                newest_first=newest_first,
+                max_bytes=max_bytes,
+                with_pruned=with_pruned,
+            )
+        if page.events or page.pruned:
+            yield page
         if not page.more or not page.events:
             return
         where = where.beyond(page.events[-1].id, newest_first=newest_first)
+
+
+def count_events(conn: Connection, where: EventFilter) -> int:
+    """How many events match ``where``."""
+    return int(conn.execute(select(func.count()).select_from(Event).where(*_conditions(where))).scalar_one())
+
+
+def snapshot(engine: Engine) -> Connection:
+    """A connection whose reads all see one moment of the log, until it is closed.
+
+    On PostgreSQL that takes REPEATABLE READ (READ COMMITTED gives each statement its own
+    moment); on SQLite every transaction here is one already (``database.py``).
+    """
+    conn = engine.connect()
+    if conn.dialect.name == "postgresql":
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+    return conn
+
+
+def pruned_above(conn: Connection, streams: Sequence[str], after: int) -> dict[str, int]:
+    """Per stream of ``streams`` (every stream if empty), the highest id pruned, where
+    that is above ``after``: events of that stream after ``after`` were deleted."""
+    query = select(PrunedStream.stream, PrunedStream.pruned_through).where(
+        PrunedStream.pruned_through > after
+    )
+    if streams:
+        query = query.where(PrunedStream.stream.in_(streams))
+    return {row.stream: int(row.pruned_through) for row in conn.execute(query)}
+
+
+def oldest(conn: Connection, streams: Sequence[str]) -> int | None:
+    """The oldest id still kept of ``streams`` (every stream if empty); None if none is."""
+    if not streams:
+        return conn.execute(select(func.min(Event.id))).scalar_one_or_none()
+    # One index lookup per stream, where a single min() over ``stream IN (...)`` may scan.
+    firsts = union_all(
+        *(select(func.min(Event.id).label("id")).where(Event.stream == s) for s in streams)
+    ).subquery()
+    return conn.execute(select(func.min(firsts.c.id))).scalar_one_or_none()
 
 
 _COLUMNS = ("id", "stream", "type", "data", "time")
@@ -302,7 +378,7 @@ def _conditions(where: EventFilter) -> list[ColumnElement[bool]]:
 
 
 def _claim_key(
-    conn: Connection, key: str, fingerprint: str, now: datetime
+    conn: Connection, key: str, fingerprint: str, now: datetime, *, retry: bool = True
 ) -> Appended | IdempotencyConflict | None:
     """Record ``key`` for this publish (None), or return the earlier publish made with it,
     or the conflict when that one stored other events.
@@ -324,11 +400,14 @@ def _claim_key(
     if earlier.fingerprint != fingerprint:
         return _conflict()
     assert earlier.first_id is not None and earlier.last_id is not None
+    expected = earlier.last_id - earlier.first_id + 1
     events = read_page(
-        conn,
-        EventFilter(after=earlier.first_id - 1, before=earlier.last_id + 1),
-        limit=earlier.last_id - earlier.first_id + 1,
+        conn, EventFilter(after=earlier.first_id - 1, before=earlier.last_id + 1), limit=expected
     ).events
+    if len(events) < expected and retry:
+        # A prune deleted them (and the key, in the same transaction) since the key was read:
+        # the key is free again, as for any retry after its events were pruned.
+        return _claim_key(conn, key, fingerprint, now, retry=False)
     return Appended(events, replayed=True)
 
 

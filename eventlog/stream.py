@@ -14,6 +14,11 @@ with ``expires_at`` (its token's expiry) ends when the hub marks its subscriptio
 between two writes, even when idle: its client must come back with a fresh token. The cursor
 is the last id sent; only ``_Reader.send`` moves it. No database connection is held while
 the stream waits or writes: each replay page borrows one briefly.
+
+Retention may delete events a replay has not read yet, before it starts or while it runs.
+Each replay page is read together with what was pruned of the stream's streams past the
+cursor, in one snapshot; anything new there becomes a ``reset`` event before the page, so
+a gap is always announced, never silent.
 """
 
 from __future__ import annotations
@@ -23,14 +28,14 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import frames, metrics, sse
 from .events import RESET_TYPE, EventFilter
 from .hub import Hub, Subscription
 from .sse import Frame
-from .store import head, pages
+from .store import Page, head, oldest, pages
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +64,8 @@ def event_stream(
     """Yield SSE bytes for events of ``streams`` (all if empty) with id > ``resume_after``.
 
     Without a resume point the stream starts where the hub is: only new events. A resume
-    point beyond the head gets a ``reset`` event naming both, then continues from the head. If the
+    point beyond the head gets a ``reset`` event, then continues from the head; so does one
+    whose following events were pruned, which continues with what is kept. If the
     database fails, the stream ends (after ``retry:``, if nothing was sent yet): the client
     comes back and resumes, where an error status would make EventSource give up for good.
 
@@ -117,13 +123,19 @@ class _Reader:
         self._client_gone = client_gone
         self.cursor = subscription.position  # the last id sent (or skipped as sent)
         self.ended = False
+        self._told: dict[str, int] = {}  # per stream, the pruned bound a reset reported
         self.sent = 0  # events written
         self._unreported = 0  # of those, not yet in the metrics
         self._report_at = 0.0  # time.monotonic() of the next live batch's report: the first at once
         self._metrics = metrics.get()
 
     def start(self, resume_after: int | None) -> bytes | None:
-        """Place the cursor at the resume point; a ``reset`` frame if it lies beyond the head."""
+        """Place the cursor at the resume point; a ``reset`` frame if it lies beyond the head.
+
+        A resume point before the subscription's position is replayed, and the replay's first
+        page says whether events after it were pruned (``replay``): one check, in the same
+        snapshot as the events it is about.
+        """
         position = self._subscription.position
         if resume_after is None or resume_after <= position:
             self.cursor = position if resume_after is None else resume_after
@@ -132,13 +144,27 @@ class _Reader:
         # needs the database, to tell an id that is about to commit from one that never was.
         with self._engine.connect() as conn:
             newest = head(conn)
-        if resume_after <= newest:
-            self.cursor = resume_after
+            if resume_after <= newest:
+                self.cursor = resume_after
+                return None
+            self.cursor = newest
+            self._metrics.resets["beyond_head"].inc()
+            return self._reset(conn, resume_after, newest, id=newest)
+
+    def _reset(self, conn: Connection, requested: int, newest: int, *, id: int) -> bytes:
+        """The ``reset`` frame: the resume point could not be served exactly."""
+        body = {"requested": requested, "oldest": oldest(conn, self._streams), "head": newest}
+        return sse.encode(json.dumps(body), id=id, event=RESET_TYPE).encode()
+
+    def _pruned_reset(self, page: Page) -> bytes | None:
+        """A ``reset`` frame if ``page`` (read after the cursor) found events past the cursor
+        pruned that no earlier reset reported; the stream goes on with what is kept."""
+        if all(bound <= self._told.get(s, 0) for s, bound in page.pruned.items()):
             return None
-        self.cursor = newest
-        self._metrics.resets["beyond_head"].inc()
-        reset = json.dumps({"requested": resume_after, "head": newest})
-        return sse.encode(reset, id=newest, event=RESET_TYPE).encode()
+        self._told.update(page.pruned)
+        self._metrics.resets["pruned"].inc()
+        with self._engine.connect() as conn:
+            return self._reset(conn, self.cursor, head(conn), id=self.cursor)
 
     def follow(self) -> Iterator[bytes]:
         """Replay what lies before the subscription's position, then live, until the end."""
@@ -150,16 +176,23 @@ class _Reader:
                 yield from self.replay()
 
     def replay(self) -> Iterator[bytes]:
-        """Everything after the cursor that is in SQL, page by page."""
+        """Everything after the cursor that is in SQL, page by page, each after a ``reset``
+        if events past the cursor were pruned meanwhile."""
         where = EventFilter(streams=self._streams, after=self.cursor)
-        for page in pages(self._engine, where, size=self._page_size, max_bytes=self._page_bytes):
+        for page in pages(
+            self._engine, where, size=self._page_size, max_bytes=self._page_bytes, with_pruned=True
+        ):
             if self._subscription.expired:
                 self.ended = True
                 return
-            encoded = frames.encode(page, envelope=self._subscription.envelope)
-            self._metrics.replayed.inc(len(encoded))
-            yield from self.send([f for _, f in encoded], last_id=page[-1].id)
-            self.report()
+            reset = self._pruned_reset(page)
+            if reset is not None:
+                yield reset
+            if page.events:
+                encoded = frames.encode(page.events, envelope=self._subscription.envelope)
+                self._metrics.replayed.inc(len(encoded))
+                yield from self.send([f for _, f in encoded], last_id=page.events[-1].id)
+                self.report()
 
     def live(self) -> Iterator[bytes]:
         """Live events from the buffer, and heartbeats, until an overflow or the client leaves."""

@@ -31,4 +31,9 @@ with engine.connect() as connection:
         version_table=VERSION_TABLE,  # beside an application's own alembic_version
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # A migration may rewrite or index the whole table: the caps that keep the app's
+            # statements short do not apply to it (for this transaction only).
+            connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
+            connection.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
         context.run_migrations()

@@ -24,8 +24,9 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers import free_port, wait_until
+from helpers import CuttableProxy, free_port, wait_until
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from eventlog import EventLog, create_app
@@ -85,7 +86,7 @@ def url_of(engine: Engine) -> str:
 
 def empty_postgres(engine: Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE events, idempotency_keys"))
+        conn.execute(text("TRUNCATE events, idempotency_keys, pruned_streams"))
         conn.execute(text("UPDATE event_counter SET last_id = 0"))
 
 
@@ -113,6 +114,16 @@ def postgres_url(postgres_engine: Engine) -> str:
     """The PostgreSQL test database, migrated and empty."""
     empty_postgres(postgres_engine)
     return url_of(postgres_engine)
+
+
+@pytest.fixture
+def database_proxy(postgres_url: str) -> Iterator[CuttableProxy]:
+    """A proxy in front of the test's PostgreSQL that the test may cut or black-hole
+    (``helpers.through`` gives a database URL by way of it)."""
+    url = make_url(postgres_url)
+    proxy = CuttableProxy(url.port or 5432, url.host or "127.0.0.1", http=False)
+    yield proxy
+    proxy.close()
 
 
 # --- redis -----------------------------------------------------------------------------
@@ -217,6 +228,7 @@ class Server:
     port: int
     env: dict[str, str]
     args: list[str]
+    log: Path | None = None  # where its stderr goes (appended), when the test reads it
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None  # where its stdout and stderr go (default: the test's own)
 

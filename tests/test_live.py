@@ -108,7 +108,7 @@ def test_resume_point_beyond_head_is_reset_not_a_hang(server: Server) -> None:
     listener.close()
     reset = listener.messages[0]
     assert (reset.event, reset.id, json.loads(reset.data)) == (
-        "reset", str(head), {"requested": head + 1000, "head": head}
+        "reset", str(head), {"requested": head + 1000, "oldest": head, "head": head}
     )
 
 

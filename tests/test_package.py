@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_public_names_are_pinned() -> None:
     assert sorted(eventlog.__all__) == [
         "Appended", "ConfigError", "EventFilter", "EventLog", "EventlogError", "Forbidden",
-        "IdempotencyConflict", "InvalidRequest", "NewEvent", "Page", "PayloadTooLarge", "StoredEvent",
-        "Unauthorized", "UnsupportedMediaType", "blueprint", "create_app",
+        "IdempotencyConflict", "InvalidRequest", "NewEvent", "Page", "PayloadTooLarge", "QueryTooLong",
+        "StoredEvent", "Unauthorized", "UnsupportedMediaType", "blueprint", "create_app",
     ]
     assert all(hasattr(eventlog, name) for name in eventlog.__all__)
 

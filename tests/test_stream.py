@@ -131,7 +131,7 @@ def test_resume_point_beyond_head_gets_a_reset_event_then_live(eventlog: EventLo
     stream = event_stream(eventlog.engine, eventlog.hub, [], 99, retry_ms=100)
     next(stream)
     reset = read_until(stream, 1)
-    assert reset == [Message('{"requested": 99, "head": 1}', "reset", "1")]
+    assert reset == [Message('{"requested": 99, "oldest": 1, "head": 1}', "reset", "1")]
     eventlog.publish("a", 2)
     assert [m.data for m in read_until(stream, 2)] == ["2"]
     stream.close()
@@ -151,7 +151,7 @@ def test_idle_stream_sends_a_heartbeat_every_interval(eventlog: EventLog) -> Non
     stream = event_stream(eventlog.engine, hub, [], None, retry_ms=100)
     next(stream)
     started = time.monotonic()
-    assert [next(stream) for _ in range(3)] == [b": heartbeat\n\n"] * 3
+    assert [next(stream) for _ in range(3)] == [b": heartbeat\n"] * 3
     # The first tick comes within an interval of subscribing, then one every interval.
     assert 0.15 <= time.monotonic() - started < 2
     stream.close()
@@ -250,7 +250,7 @@ def test_stream_ends_at_a_tick_once_the_client_is_gone(eventlog: EventLog) -> No
     gone = threading.Event()
     stream = event_stream(eventlog.engine, hub, [], None, retry_ms=100, client_gone=gone.is_set)
     next(stream)
-    assert next(stream) == b": heartbeat\n\n"  # still there: the tick sends a heartbeat
+    assert next(stream) == b": heartbeat\n"  # still there: the tick sends a heartbeat
     gone.set()
     assert list(stream) == []  # the next tick ends the stream instead
     assert hub.subscriptions() == set()

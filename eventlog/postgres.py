@@ -1,0 +1,35 @@
+"""The psycopg connection of eventlog's PostgreSQL engines: it bounds the wait for an answer.
+
+Imported by ``database.make_engine`` only when it builds a PostgreSQL engine: psycopg picks
+its wait function at import, and must do so after gevent has patched the process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import errors
+
+
+class BoundedConnection(psycopg.Connection[Any]):
+    """A psycopg connection that gives up on an answer after ``reply_timeout`` seconds.
+
+    Neither the server's timeouts nor TCP's end a wait when the network in between drops
+    every packet after the request was acknowledged, or when a middlebox or a stuck host
+    accepts bytes and never answers: only this side can. A connection that timed out is
+    closed (its state is unknown), which SQLAlchemy takes as a disconnect.
+    """
+
+    reply_timeout: float = 0
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        if timeout is not None or not self.reply_timeout:
+            return super().wait(gen, interval, timeout)
+        try:
+            return super().wait(gen, interval, self.reply_timeout)
+        except errors._WaitTimeout:
+            self.pgconn.finish()
+            raise errors.OperationalError(
+                f"no answer from the database within {self.reply_timeout:g} s"
+            ) from None

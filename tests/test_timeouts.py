@@ -1,0 +1,129 @@
+"""A database that is down or slow gets a clear answer within the configured bounds:
+503 problem+json (never a 500 or a hang), and no event data or key in the server's log."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import Server
+from flask import Flask
+from helpers import SHORT_TIMEOUTS, CuttableProxy, through, wait_until
+from sqlalchemy import Engine, text
+
+from eventlog import EventLog, create_app
+
+pytestmark = pytest.mark.postgres
+
+StartServer = Callable[..., Server]
+SECRET = "do-not-log-7f3a9c"  # in an event's data and in an Idempotency-Key
+
+
+
+def test_database_down_is_a_503_within_the_bounds_and_logs_no_event_data(
+    postgres_url: str, database_proxy: CuttableProxy, start_server: StartServer, tmp_path: Path
+) -> None:
+    log = tmp_path / "server.log"
+    server = start_server(through(database_proxy, postgres_url), log=log, **SHORT_TIMEOUTS)
+    bound = 2 * 2 + 1.5  # a reply and a connect timeout, and a margin for a busy machine
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.post("/streams/s/events", json={"data": 1}).status_code == 201
+        assert client.get("/events").status_code == 200
+        database_proxy.cut(refuse=True)  # the database is down: connections reset, refused
+        answers = {
+            "publish": lambda: client.post(
+                "/streams/s/events",
+                json={"data": {"card": SECRET}},
+                headers={"Idempotency-Key": f"key-{SECRET}"},
+            ),
+            "audit": lambda: client.get("/events?stream=s"),
+            "readyz": lambda: client.get("/readyz"),
+        }
+        for name, call in answers.items():
+            started = time.monotonic()
+            response = call()
+            assert time.monotonic() - started < bound, name
+            assert response.status_code == 503, (name, response.text)
+            if name == "readyz":
+                assert response.json() == {"status": "unavailable", "database": "unreachable"}
+            else:
+                assert response.headers["Content-Type"] == "application/problem+json"
+                assert response.headers["Retry-After"] == "1"
+                assert SECRET not in response.text
+        database_proxy.resume()
+        # Back once the database is: dead connections are replaced by themselves (the
+        # writer's kept one after a first failure, so the retry carries a key).
+        wait_until(
+            lambda: client.post(
+                "/streams/s/events", json={"data": 2}, headers={"Idempotency-Key": "after"}
+            ).status_code == 201,
+            timeout=10,
+        )
+        assert [e["data"] for e in client.get("/events").json()["events"]] == [1, 2]
+    server.stop()
+    written = log.read_text()
+    assert "database unavailable (OperationalError)" in written
+    assert SECRET not in written
+    assert "[parameters" not in written and "[SQL" not in written
+
+
+def test_a_black_holed_database_makes_readyz_a_503_within_the_bounds(
+    postgres_url: str, database_proxy: CuttableProxy, start_server: StartServer
+) -> None:
+    """No answer at all (not even a reset): /readyz still answers 503 in a few seconds."""
+    server = start_server(through(database_proxy, postgres_url), **SHORT_TIMEOUTS)
+    assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
+    database_proxy.blackhole()
+    for _ in range(2):  # on a kept connection, then on a new one
+        started = time.monotonic()
+        response = httpx.get(f"{server.url}/readyz", timeout=30)
+        assert (response.status_code, response.json()["database"]) == (503, "unreachable")
+        assert time.monotonic() - started < 2 + 1.5
+    database_proxy.heal()
+
+
+@pytest.fixture
+def big_log(postgres_engine: Engine, postgres_url: str) -> str:
+    """300,000 events over 30 days; the last day's are a thirtieth of them."""
+    with postgres_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO events (id, stream, type, data, time)"
+                " SELECT n, 's', 'message', '{}', timestamptz '2026-11-01' + n * interval '8.64 s'"
+                " FROM generate_series(1, 300000) AS n"
+            )
+        )
+        conn.execute(text("UPDATE event_counter SET last_id = 300000"))
+        conn.execute(text("ANALYZE events"))
+    return postgres_url
+
+
+@pytest.fixture
+def capped_app(big_log: str) -> Iterator[Flask]:
+    app = create_app({"EVENTLOG_DATABASE_URL": big_log, "EVENTLOG_AUDIT_TIMEOUT_SECONDS": 0.02})
+    yield app
+    eventlog: EventLog = app.extensions["eventlog"]
+    eventlog.close()
+
+
+def test_an_audit_query_over_its_time_cap_is_a_clear_503(capped_app: Flask) -> None:
+    """``since`` near the end of a long log, oldest first: PostgreSQL walks the primary key
+    past the 290,000 earlier events, far over a 20 ms cap. The answer says so and how to
+    narrow the query; the narrowed one answers, and the cap stayed with that one read."""
+    client = capped_app.test_client()
+    response = client.get("/events?since=2026-11-30T00:00:00Z")
+    assert response.status_code == 503
+    assert response.mimetype == "application/problem+json"
+    problem = response.get_json()
+    assert problem["type"].endswith(":query-too-long")
+    assert "narrow" in problem["detail"]
+    assert "Retry-After" not in response.headers
+    narrowed = client.get("/events?since=2026-11-30T00:00:00Z&after=290000&limit=5")
+    assert narrowed.status_code == 200, narrowed.text
+    assert len(narrowed.get_json()["events"]) == 5
+    eventlog: EventLog = capped_app.extensions["eventlog"]
+    with eventlog.engine.connect() as conn:
+        assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "5s"
