@@ -82,7 +82,7 @@ class Settings:
     lock_timeout_seconds: float = _setting(3.0, zero=True)
     idle_in_transaction_timeout_seconds: float = _setting(2.0, zero=True)
     keepalive_seconds: float = _setting(2.0, zero=True)
-    pool_timeout_seconds: float = 3.0
+    pool_timeout_seconds: float = 10.0
     audit_timeout_seconds: float = _setting(2.0, zero=True)
 
     @classmethod

@@ -260,7 +260,13 @@ def _read_events(
     if max_bytes is None:
         rows = conn.execute(select(matching).order_by(_keyset(matching, newest_first))).all()
         return Page([_stored(row) for row in rows[:limit]], more=len(rows) > limit)
-    size = func.length(matching.c.data)
+    # On PostgreSQL octet_length reads a large value's size from its TOAST header, where
+    # length() would decompress the whole value just to count its characters.
+    size = (
+        func.octet_length(matching.c.data)
+        if conn.dialect.name == "postgresql"
+        else func.length(matching.c.data)
+    )
     counted = select(
         matching,
         (func.sum(size).over(order_by=_keyset(matching, newest_first)) - size).label("before"),
