@@ -350,11 +350,17 @@ class Hub:
     def _fan_out(self, events: list[StoredEvent]) -> None:
         # Each event is encoded once per format here, however many subscribers it goes to.
         encoded: dict[bool, list[tuple[StoredEvent, Frame]]] = {}
+        every: dict[bool, list[Frame]] = {}  # all frames of a format, shared by its readers
 
         def framed(envelope: bool) -> list[tuple[StoredEvent, Frame]]:
             if envelope not in encoded:
                 encoded[envelope] = frames.encode(events, envelope=envelope)
             return encoded[envelope]
+
+        def all_frames(envelope: bool) -> list[Frame]:
+            if envelope not in every:
+                every[envelope] = [f for _, f in framed(envelope)]
+            return every[envelope]
 
         # Who gets what is settled under the lock, with the cursor's move: a subscriber
         # registers either before (and is pushed this batch) or after (its position is past
@@ -366,8 +372,10 @@ class Hub:
                 # tells it whether its streams lost events it had not read.
                 for subscription in self._everything.union(*self._by_stream.values()):
                     subscription.drop()
+            # One list per format for every all-stream subscriber (never appended to below:
+            # those are not in _by_stream), not a copy per subscriber under the lock.
             targets: dict[Subscription, list[Frame]] = {
-                s: [f for _, f in framed(s.envelope)] for s in self._everything
+                s: all_frames(s.envelope) for s in self._everything
             }
             for envelope in (e for e, count in self._formats.items() if count):
                 for event, encoding in framed(envelope):
