@@ -39,23 +39,27 @@ class Event(Base):
     __table_args__ = (
         # Each audit filter reads in id order from an index (see migration 0002).
         Index("ix_events_stream_id", "stream", "id"),
-        Index("ix_events_time", "time"),
+        # Times never decrease along ids, so a time bound is an id bound found here.
+        Index("ix_events_time_id", "time", "id"),
         Index("ix_events_type_id", "type", "id"),
         Index("ix_events_stream_type_id", "stream", "type", "id"),
     )
 
 
 class Counter(Base):
-    """The single row whose ``last_id`` is the newest committed event id (the log's head).
+    """The single row whose ``last_id`` is the newest committed event id (the log's head),
+    and whose ``last_time`` is that event's time.
 
     Publishing increments it inside the publishing transaction; the row lock held until
-    commit is what makes commit order equal id order.
+    commit is what makes commit order equal id order. Under the same lock each publish's
+    time is taken no earlier than ``last_time``, so times never decrease along ids.
     """
 
     __tablename__ = "event_counter"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     last_id: Mapped[int] = mapped_column(Id)
+    last_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class IdempotencyKey(Base):

@@ -172,11 +172,10 @@ def _passes(conn: Connection, policy: Policy) -> list[_Pass]:
     passes: list[_Pass] = []
     if policy.seconds > 0:
         cutoff = datetime.now(UTC) - timedelta(seconds=policy.seconds)
-        # Ids follow commit order and times are taken just before, so they agree but for a
-        # few milliseconds: the first young event on the time index bounds the walk, and
-        # the time condition keeps any young one below it.
+        # Times never decrease along ids (``store.store_events``): every event below the
+        # first young one on the time index is old.
         young = conn.execute(
-            select(Event.id).where(Event.time >= cutoff).order_by(Event.time).limit(1)
+            select(Event.id).where(Event.time >= cutoff).order_by(Event.time, Event.id).limit(1)
         ).scalar_one_or_none()
         first, newest = conn.execute(select(func.min(Event.id), func.max(Event.id))).one()
         through = (young - 1) if young is not None else newest

@@ -32,38 +32,46 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .errors import IdempotencyConflict
-from .events import EventFilter, NewEvent, StoredEvent, utc
+from .events import MAX_ID, EventFilter, NewEvent, StoredEvent, utc
 from .models import Counter, Event, IdempotencyKey, PrunedStream
 
 COUNTER_ROW = 1
 
 # Built once: these run on every publish and every hub wake-up.
+_TIME = bindparam("time", type_=DateTime(timezone=True))
+# SQLite: the writers share one host, whose clock ``:time`` is read from.
 _ALLOCATE = (
     update(Counter)
     .where(Counter.id == COUNTER_ROW)
-    .values(last_id=Counter.last_id + bindparam("count"))
-    .returning(Counter.last_id)
+    .values(
+        last_id=Counter.last_id + bindparam("count"),
+        last_time=func.max(func.coalesce(Counter.last_time, _TIME), _TIME),
+    )
+    .returning(Counter.last_id, Counter.last_time)
 )
 _HEAD = select(Counter.last_id).where(Counter.id == COUNTER_ROW)
 _INSERT = insert(Event)
 # A data-modifying CTE always runs to completion, so the SELECT only has to report the ids.
+# The time is the database's clock, the one clock every server of a cluster shares, read
+# under the counter's lock.
 _STORE_POSTGRESQL = text(
     f"""
     WITH counter AS (
-        UPDATE event_counter SET last_id = last_id + :count WHERE id = {COUNTER_ROW} RETURNING last_id
+        UPDATE event_counter
+        SET last_id = last_id + :count, last_time = greatest(last_time, clock_timestamp())
+        WHERE id = {COUNTER_ROW} RETURNING last_id, last_time
     ), stored AS (
         INSERT INTO events (id, stream, type, data, time)
         SELECT counter.last_id - :count + row.n, row.value ->> 0, row.value ->> 1,
-               row.value ->> 2, :time
+               row.value ->> 2, counter.last_time
         FROM counter, json_array_elements(CAST(:rows AS json)) WITH ORDINALITY AS row(value, n)
     )
-    SELECT last_id - :count + 1 FROM counter
+    SELECT last_id - :count + 1 AS first_id, last_time FROM counter
     """
 ).bindparams(
     bindparam("count", type_=BigInteger),
     bindparam("rows", type_=Text),
-    bindparam("time", type_=DateTime(timezone=True)),
-)
+).columns(first_id=BigInteger, last_time=DateTime(timezone=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +107,11 @@ def append_all(conn: Connection, publishes: Sequence[Publish]) -> list[Appended 
     A publish whose idempotency key was seen before gets the earlier result instead, or
     an IdempotencyConflict if it asked for other events.
     """
-    now = datetime.now(UTC)
-    plan = _claim_keys(conn, publishes, now)
+    plan = _claim_keys(conn, publishes, datetime.now(UTC))
     if plan.fresh:
         # The counter is touched last, just before the insert, to hold its lock briefly.
-        first_id = store_events(conn, [e for i in plan.fresh for e in publishes[i].events], now)
-        _assign_ids(plan, publishes, first_id, now)
+        first_id, time = store_events(conn, [e for i in plan.fresh for e in publishes[i].events])
+        _assign_ids(plan, publishes, first_id, time)
         _record_keys(conn, plan)
     for index, first in plan.repeats:
         plan.outcomes[index] = Appended(_appended(plan.outcomes[first]).events, replayed=True)
@@ -148,13 +155,13 @@ def _claim_keys(conn: Connection, publishes: Sequence[Publish], now: datetime) -
     return plan
 
 
-def _assign_ids(plan: _Plan, publishes: Sequence[Publish], first_id: int, now: datetime) -> None:
-    """Give each fresh publish its run of the ids that ``store_events`` allocated."""
+def _assign_ids(plan: _Plan, publishes: Sequence[Publish], first_id: int, time: datetime) -> None:
+    """Give each fresh publish its run of the ids (and the time) that ``store_events`` chose."""
     next_id = first_id
     for index in plan.fresh:
         events = publishes[index].events
         plan.outcomes[index] = Appended(
-            [StoredEvent(next_id + n, e.stream, e.type, e.data, now) for n, e in enumerate(events)]
+            [StoredEvent(next_id + n, e.stream, e.type, e.data, time) for n, e in enumerate(events)]
         )
         next_id += len(events)
 
@@ -170,29 +177,33 @@ def _record_keys(conn: Connection, plan: _Plan) -> None:
         )
 
 
-def store_events(conn: Connection, events: Sequence[NewEvent], now: datetime) -> int:
-    """Give ``events`` consecutive ids, insert them, and return the first id.
+def store_events(conn: Connection, events: Sequence[NewEvent]) -> tuple[int, datetime]:
+    """Give ``events`` consecutive ids and one time, insert them, and return the first id
+    and the time.
 
-    The single place ids come from. Bumping the counter row takes its lock (on SQLite the
-    database write lock, taken at BEGIN IMMEDIATE) until the transaction ends, so a later id
-    can never commit before an earlier one. On PostgreSQL the bump and the insert are one
-    statement with the rows in one JSON parameter: one round trip, and no network wait
-    inside the lock but the commit's.
+    The single place ids and times come from. Bumping the counter row takes its lock (on
+    SQLite the database write lock, taken at BEGIN IMMEDIATE) until the transaction ends,
+    so a later id can never commit before an earlier one. The time is read under that lock
+    and never earlier than the previous publish's, so times never decrease along ids and a
+    time filter is an id range (see ``_conditions``). On PostgreSQL the bump and the insert
+    are one statement with the rows in one JSON parameter: one round trip, and no network
+    wait inside the lock but the commit's.
     """
     if conn.dialect.name == "postgresql":
         rows = json.dumps([[e.stream, e.type, e.data] for e in events], ensure_ascii=False)
-        first = conn.execute(_STORE_POSTGRESQL, {"count": len(events), "rows": rows, "time": now})
-        return int(first.scalar_one())
-    last = conn.execute(_ALLOCATE, {"count": len(events)}).scalar_one()
-    first_id = int(last) - len(events) + 1
+        stored = conn.execute(_STORE_POSTGRESQL, {"count": len(events), "rows": rows}).one()
+        return int(stored.first_id), utc(stored.last_time)
+    counter = conn.execute(_ALLOCATE, {"count": len(events), "time": datetime.now(UTC)}).one()
+    first_id = int(counter.last_id) - len(events) + 1
+    time = utc(counter.last_time)
     conn.execute(
         _INSERT,
         [
-            {"id": first_id + n, "stream": e.stream, "type": e.type, "data": e.data, "time": now}
+            {"id": first_id + n, "stream": e.stream, "type": e.type, "data": e.data, "time": time}
             for n, e in enumerate(events)
         ],
     )
-    return first_id
+    return first_id, time
 
 
 def head(conn: Connection) -> int:
@@ -376,11 +387,25 @@ def _conditions(where: EventFilter) -> list[ColumnElement[bool]]:
         conditions.append(Event.id > where.after)
     if where.before is not None:
         conditions.append(Event.id < where.before)
+    # Times never decrease along ids (``store_events``), so the events at or after a time
+    # are those from the first id at or after it: one probe of the time index, then the
+    # range walks the primary key or a stream's index like ``after``/``before`` do.
     if where.since is not None:
-        conditions.append(Event.time >= where.since)
+        conditions.append(Event.id >= _first_id_at(where.since))
     if where.until is not None:
-        conditions.append(Event.time < where.until)
+        conditions.append(Event.id <= func.coalesce(_first_id_at(where.until) - 1, MAX_ID))
     return conditions
+
+
+def _first_id_at(moment: datetime) -> Any:
+    """The id of the first event at or after ``moment`` (NULL if there is none), as SQL."""
+    return (
+        select(Event.id)
+        .where(Event.time >= moment)
+        .order_by(Event.time, Event.id)
+        .limit(1)
+        .scalar_subquery()
+    )
 
 
 def _claim_key(
