@@ -228,9 +228,8 @@ class Server:
     port: int
     env: dict[str, str]
     args: list[str]
-    log: Path | None = None  # where its stderr goes (appended), when the test reads it
     process: subprocess.Popen[bytes] | None = None
-    log: Path | None = None  # where its stdout and stderr go (default: the test's own)
+    log: Path | None = None  # where its stdout and stderr go, appended (default: the test's own)
 
     @property
     def url(self) -> str:
