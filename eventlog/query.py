@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from .errors import InvalidRequest
 from .events import EventFilter
@@ -12,6 +13,13 @@ from .events import EventFilter
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 PARAMETERS = frozenset({"stream", "type", "after", "before", "since", "until", "limit", "order"})
+# RFC 3339's date-time, and nothing else: datetime.fromisoformat also takes ISO 8601's week
+# dates, basic format and dates without a time, and refuses RFC 3339's lower-case t and z.
+RFC3339 = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})[Tt](?P<hm>\d{2}:\d{2}):(?P<second>\d{2})"
+    r"(?:\.(?P<fraction>\d+))?(?P<zone>[Zz]|[+-]\d{2}:\d{2})",
+    re.ASCII,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,15 +71,25 @@ def _id(name: str, value: str | None) -> int | None:
 
 
 def _time(name: str, value: str | None) -> datetime | None:
+    """An RFC 3339 time, exactly as a filter bound: a fraction finer than the stored
+    microseconds is rounded up, and a leap second is the second after :59, so that
+    ``time >= since`` and ``time < until`` select the same events as on the exact value."""
     if value is None:
         return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
+    match = RFC3339.fullmatch(value)
+    if match is None:
         raise InvalidRequest(
             f"{name!r} must be an RFC 3339 time with a zone, like 2026-11-24T09:00:00Z;"
             f" got {value[:40]!r}"
         )
-    return moment
+    second = int(match["second"])
+    zone = "+00:00" if match["zone"] in "Zz" else match["zone"]
+    fraction = match["fraction"] or "0"
+    microseconds = -(-int(fraction) * 10**6 // 10 ** len(fraction))  # rounded up
+    try:
+        moment = datetime.fromisoformat(f"{match['date']}T{match['hm']}:{min(second, 59):02d}{zone}")
+        return moment + timedelta(seconds=second - min(second, 59), microseconds=microseconds)
+    except ValueError:
+        raise InvalidRequest(f"{name!r} is not a valid time: {value[:40]!r}") from None
+    except OverflowError:
+        raise InvalidRequest(f"{name!r} is outside the years 1 to 9999") from None

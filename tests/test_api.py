@@ -185,9 +185,33 @@ def test_stored_event_json_matches_query_json(client: FlaskClient, mixed_log: li
     assert client.get("/events").json["events"] == mixed_log
 
 
+def test_time_bounds_are_rfc_3339_and_exact_below_a_microsecond(
+    client: FlaskClient, mixed_log: list[dict[str, Any]]
+) -> None:
+    """RFC 3339 allows a lower-case t and z, any number of fraction digits and a leap
+    second; the bounds stay exact: a tenth of a microsecond after an event's time excludes
+    it from ``since`` and keeps it in ``until``."""
+    fifth = mixed_log[4]["time"]  # six fraction digits, then Z
+    just_after = fifth[:-1] + "1Z"
+    assert ids(client.get("/events", query_string={"since": just_after})) == list(range(6, 11))
+    assert ids(client.get("/events", query_string={"until": just_after})) == [1, 2, 3, 4, 5]
+    lower = fifth.replace("T", "t").replace("Z", "z")
+    assert ids(client.get("/events", query_string={"since": lower})) == list(range(5, 11))
+    leap = client.get("/events", query_string={"since": "2016-12-31T23:59:60Z"})
+    assert ids(leap) == list(range(1, 11))
+
+
 @pytest.mark.parametrize(
     ("query_string", "detail"),
     [
+        ("since=2026-W48-1T00:00:00Z", "'since' must be an RFC 3339 time"),
+        ("since=20261124T000000Z", "'since' must be an RFC 3339 time"),
+        ("until=2026-11-24", "'until' must be an RFC 3339 time"),
+        ("since=2026-11-24%2009:00:00Z", "'since' must be an RFC 3339 time"),
+        ("since=%EF%BC%92026-11-24T00:00:00Z", "'since' must be an RFC 3339 time"),
+        ("since=2026-02-30T00:00:00Z", "'since' is not a valid time"),
+        ("until=2026-11-24T00:00:00%2B24:00", "'until' is not a valid time"),
+        ("until=9999-12-31T23:59:59.9999999Z", "outside the years"),
         ("after=abc", "'after' must be a whole number"),
         ("before=-1", "'before' must be a whole number"),
         ("since=yesterday", "'since' must be an RFC 3339 time"),
