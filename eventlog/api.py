@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 from importlib.resources import files
 from typing import Any
 from urllib.parse import urlencode
@@ -32,7 +33,7 @@ from werkzeug.exceptions import HTTPException, NotFound
 from . import metrics, sse
 from .auth import EVERY_STREAM, Rights
 from .body import decode_json
-from .errors import EventlogError, InvalidRequest, UnsupportedMediaType, problem
+from .errors import EventlogError, InvalidRequest, SchemaBehind, UnsupportedMediaType, problem
 from .events import StoredEvent, check_name
 from .extension import EXTENSION_KEY, current_eventlog
 from .http_auth import URL_TOKEN, add_cors_headers, request_token, take_url_tokens
@@ -199,6 +200,11 @@ def handle_error(error: Exception) -> Response:
         body = problem(error.code or 500, error.name, error.description or error.name)
         # Keep what the client needs to act on, such as Allow on a 405.
         headers.update((k, v) for k, v in error.get_headers() if k != "Content-Type")
+    elif _schema_missing(error):
+        log.error("the database's schema is behind this version (%s): run eventlog db upgrade", type(error).__name__)
+        body = SchemaBehind(
+            "the database's schema is behind this version of eventlog; run `eventlog db upgrade`"
+        ).problem()
     elif _database_unavailable(error):
         # The type only: SQLAlchemy's message carries the statement's parameters (event data).
         log.warning("database unavailable (%s)", type(error).__name__)
@@ -217,6 +223,22 @@ def handle_error(error: Exception) -> Response:
 
 
 blueprint.register_error_handler(Exception, handle_error)
+
+
+# PostgreSQL's undefined_table and undefined_column; SQLite's words for the same.
+_MISSING_SCHEMA_STATES = frozenset({"42P01", "42703"})
+_MISSING_SCHEMA_MESSAGES = ("no such table", "no such column", "has no column named")
+
+
+def _schema_missing(error: Exception) -> bool:
+    """Whether ``error`` is a statement that names a table or column the database lacks."""
+    if not isinstance(error, DBAPIError):
+        return False
+    if getattr(error.orig, "sqlstate", None) in _MISSING_SCHEMA_STATES:
+        return True
+    return isinstance(error.orig, sqlite3.OperationalError) and any(
+        words in str(error.orig) for words in _MISSING_SCHEMA_MESSAGES
+    )
 
 
 def _database_unavailable(error: Exception) -> bool:

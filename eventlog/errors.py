@@ -105,6 +105,15 @@ class QueryTooLong(EventlogError):
     title = "Query took too long"
 
 
+class SchemaBehind(EventlogError):
+    """The database lacks a table or column this version uses: nothing works until an
+    operator migrates it, so no Retry-After."""
+
+    status = 503
+    slug = "schema-not-migrated"
+    title = "Database schema not migrated"
+
+
 class ConfigError(EventlogError):
     status = 500
     slug = "configuration"

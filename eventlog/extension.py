@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from flask import Flask, current_app, has_app_context
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, scoped_session
 
@@ -323,13 +323,13 @@ class EventLog:
         )
 
     def readiness(self) -> dict[str, str]:
-        """What answers: ``database`` and, when configured, ``redis`` ("ok" or "unreachable")."""
+        """What answers: ``database`` ("ok", "unreachable", or "not migrated" when its schema
+        is behind this version) and, when configured, ``redis`` ("ok" or "unreachable")."""
         state = self._state()
         checks: dict[str, str] = {}
         try:
             with state.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            checks["database"] = "ok"
+                checks["database"] = "not migrated" if migrate.behind(conn) else "ok"
         except SQLAlchemyError:
             checks["database"] = "unreachable"
         if isinstance(state.notifier, RedisNotifier):

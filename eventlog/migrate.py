@@ -8,6 +8,7 @@ one database. A database migrated before that table existed has eventlog's revis
 
 from __future__ import annotations
 
+import functools
 from importlib.resources import files
 
 from alembic import command
@@ -62,7 +63,25 @@ def current(engine: Engine) -> str | None:
 
 def head() -> str | None:
     """The newest revision the package ships."""
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    return _scripts().get_current_head()
+
+
+def behind(conn: Connection) -> bool:
+    """Whether the database needs ``upgrade`` for this version: never migrated, or at a
+    revision older than the package's head. A revision the package does not know is newer
+    (a later version migrated it during a rolling deploy), and counts as not behind."""
+    context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+    revision = context.get_current_revision()
+    scripts = _scripts()
+    return revision is None or (
+        revision != scripts.get_current_head()
+        and revision in {script.revision for script in scripts.walk_revisions()}
+    )
+
+
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
 
 
 def _adopt_legacy_version(conn: Connection, config: Config) -> None:
