@@ -72,16 +72,19 @@ def behind(conn: Connection) -> bool:
     (a later version migrated it during a rolling deploy), and counts as not behind."""
     context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
     revision = context.get_current_revision()
-    scripts = _scripts()
-    return revision is None or (
-        revision != scripts.get_current_head()
-        and revision in {script.revision for script in scripts.walk_revisions()}
-    )
+    return revision is None or revision in _older_revisions()
 
 
 @functools.cache
 def _scripts() -> ScriptDirectory:
     return ScriptDirectory.from_config(alembic_config())
+
+
+@functools.cache
+def _older_revisions() -> frozenset[str]:
+    """Every revision the package ships but its head."""
+    scripts = _scripts()
+    return frozenset(script.revision for script in scripts.walk_revisions()) - {scripts.get_current_head()}
 
 
 def _adopt_legacy_version(conn: Connection, config: Config) -> None:

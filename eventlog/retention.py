@@ -47,6 +47,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import metrics
 from .models import Event, IdempotencyKey, PrunedStream
+from .store import first_at
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +174,8 @@ def _passes(conn: Connection, policy: Policy) -> list[_Pass]:
     if policy.seconds > 0:
         cutoff = datetime.now(UTC) - timedelta(seconds=policy.seconds)
         # Times never decrease along ids (``store.store_events``): every event below the
-        # first young one on the time index is old.
-        young = conn.execute(
-            select(Event.id).where(Event.time >= cutoff).order_by(Event.time, Event.id).limit(1)
-        ).scalar_one_or_none()
+        # first young one is old.
+        young = conn.execute(first_at(cutoff)).scalar_one_or_none()
         first, newest = conn.execute(select(func.min(Event.id), func.max(Event.id))).one()
         through = (young - 1) if young is not None else newest
         if first is not None and through is not None and through >= first:

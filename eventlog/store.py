@@ -20,6 +20,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Engine,
+    Select,
     Text,
     bindparam,
     func,
@@ -391,21 +392,16 @@ def _conditions(where: EventFilter) -> list[ColumnElement[bool]]:
     # are those from the first id at or after it: one probe of the time index, then the
     # range walks the primary key or a stream's index like ``after``/``before`` do.
     if where.since is not None:
-        conditions.append(Event.id >= _first_id_at(where.since))
+        conditions.append(Event.id >= first_at(where.since).scalar_subquery())
     if where.until is not None:
-        conditions.append(Event.id <= func.coalesce(_first_id_at(where.until) - 1, MAX_ID))
+        conditions.append(Event.id <= func.coalesce(first_at(where.until).scalar_subquery() - 1, MAX_ID))
     return conditions
 
 
-def _first_id_at(moment: datetime) -> Any:
-    """The id of the first event at or after ``moment`` (NULL if there is none), as SQL."""
-    return (
-        select(Event.id)
-        .where(Event.time >= moment)
-        .order_by(Event.time, Event.id)
-        .limit(1)
-        .scalar_subquery()
-    )
+def first_at(moment: datetime) -> Select[int]:
+    """The id of the first event at or after ``moment`` (no row if there is none): one probe
+    of the ``(time, id)`` index. Every event from it on is at or after ``moment``."""
+    return select(Event.id).where(Event.time >= moment).order_by(Event.time, Event.id).limit(1)
 
 
 def _claim_key(
