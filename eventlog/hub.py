@@ -188,7 +188,11 @@ class Hub:
     def subscriptions(self) -> set[Subscription]:
         """The local subscribers, right now."""
         with self._lock:
-            return self._everything.union(*self._by_stream.values())
+            return self._subscribed()
+
+    def _subscribed(self) -> set[Subscription]:
+        """Every subscriber, filtered or not; the caller holds the lock."""
+        return self._everything.union(*self._by_stream.values())
 
     def subscribe(
         self,
@@ -343,7 +347,7 @@ class Hub:
         from SQL on its own, as after an overflow, so nobody misses it."""
         with self._lock:
             self._cursor = max(self._cursor, last_id)
-            everyone = self._everything.union(*self._by_stream.values())
+            everyone = self._subscribed()
         for subscription in everyone:
             subscription.drop()
 
@@ -370,7 +374,7 @@ class Hub:
                 # Ids have no gaps, so these were pruned before this read (a tiny
                 # EVENTLOG_RETAIN_EVENTS): every subscriber catches up from SQL, which
                 # tells it whether its streams lost events it had not read.
-                for subscription in self._everything.union(*self._by_stream.values()):
+                for subscription in self._subscribed():
                     subscription.drop()
             # One list per format for every all-stream subscriber (never appended to below:
             # those are not in _by_stream), not a copy per subscriber under the lock.
