@@ -42,9 +42,9 @@ log = logging.getLogger(__name__)
 HEARTBEAT = sse.comment("heartbeat").encode()
 REPORT_SECONDS = 1.0
 """How often at most a live stream moves its count of events sent into the metrics, and
-samples its delivery lag (also when it idles or ends). Under ``eventlog serve`` a counter and a
-histogram written per batch cost about 7 µs of CPU per subscriber (locked writes to files),
-about 1 µs per delivery at 8 events a write, where a whole delivery costs 10 to 14 µs."""
+samples its delivery lag (also when it idles or ends). Under ``eventlog serve`` every metric
+write is a locked write to a file shared by the workers: written per batch, they would cost a
+large share of a delivery (bench/README.md, "Measurements behind design choices")."""
 
 
 def event_stream(
