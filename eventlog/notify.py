@@ -164,7 +164,7 @@ class RedisNotifier(LocalNotifier):
             return False
 
     def _subscribe(self, ring: Ring, stop: threading.Event) -> None:
-        pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+        pubsub = self._client.pubsub()
         try:
             pubsub.subscribe(self.channel)
             while not stop.is_set():
