@@ -19,21 +19,27 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 from importlib.resources import files
 from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, request
 from flask.blueprints import BlueprintSetupState
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, NotFound
 
 from . import metrics, sse
 from .auth import EVERY_STREAM, Rights
 from .body import decode_json
-from .errors import EventlogError, InvalidRequest, SchemaBehind, UnsupportedMediaType, problem
+from .database import classify
+from .errors import (
+    DatabaseUnavailable,
+    EventlogError,
+    InvalidRequest,
+    SchemaBehind,
+    UnsupportedMediaType,
+    problem,
+)
 from .events import StoredEvent, check_name
 from .extension import EXTENSION_KEY, current_eventlog
 from .http_auth import URL_TOKEN, add_cors_headers, request_token, take_url_tokens
@@ -53,7 +59,6 @@ IDEMPOTENCY_KEY_MAX = 255
 STREAM_PARAMETERS = frozenset({"stream", "last_event_id"})
 CLIENT_GONE = "eventlog.client_gone"
 """WSGI environ key: a server that can tell whether a client has left puts a check here."""
-RETRY_AFTER_SECONDS = 1
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 OPEN = Rights(publish=(EVERY_STREAM,), subscribe=(EVERY_STREAM,), expires_at=None)
 """The rights of every request when no key is configured."""
@@ -193,6 +198,7 @@ def handle_error(error: Exception) -> Response:
     """The one mapping from exceptions to RFC 9457 problem details."""
     # nosniff here too: the standalone app sends its routing errors (404, 405) through here.
     headers: dict[str, str] = dict(NOSNIFF)
+    error = _database_failure(error)
     if isinstance(error, EventlogError):
         body = error.problem()
         headers.update(error.headers())
@@ -200,16 +206,6 @@ def handle_error(error: Exception) -> Response:
         body = problem(error.code or 500, error.name, error.description or error.name)
         # Keep what the client needs to act on, such as Allow on a 405.
         headers.update((k, v) for k, v in error.get_headers() if k != "Content-Type")
-    elif _schema_missing(error):
-        log.error("the database's schema is behind this version (%s): run eventlog db upgrade", type(error).__name__)
-        body = SchemaBehind(
-            "the database's schema is behind this version of eventlog; run `eventlog db upgrade`"
-        ).problem()
-    elif _database_unavailable(error):
-        # The type only: SQLAlchemy's message carries the statement's parameters (event data).
-        log.warning("database unavailable (%s)", type(error).__name__)
-        body = problem(503, "Service unavailable", "the database is unavailable; retry shortly")
-        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     else:
         # Details stay in the log: they may hold configuration the caller must not see.
         if isinstance(error, SQLAlchemyError):
@@ -225,29 +221,20 @@ def handle_error(error: Exception) -> Response:
 blueprint.register_error_handler(Exception, handle_error)
 
 
-# PostgreSQL's undefined_table and undefined_column; SQLite's words for the same.
-_MISSING_SCHEMA_STATES = frozenset({"42P01", "42703"})
-_MISSING_SCHEMA_MESSAGES = ("no such table", "no such column", "has no column named")
-
-
-def _schema_missing(error: Exception) -> bool:
-    """Whether ``error`` is a statement that names a table or column the database lacks."""
-    if not isinstance(error, DBAPIError):
-        return False
-    if getattr(error.orig, "sqlstate", None) in _MISSING_SCHEMA_STATES:
-        return True
-    return isinstance(error.orig, sqlite3.OperationalError) and any(
-        words in str(error.orig) for words in _MISSING_SCHEMA_MESSAGES
-    )
-
-
-def _database_unavailable(error: Exception) -> bool:
-    """Whether ``error`` means the database cannot be reached right now (503, not 500)."""
-    if isinstance(error, PoolTimeout):
-        return True
-    return isinstance(error, DBAPIError) and (
-        error.connection_invalidated or type(error).__name__ in ("OperationalError", "InterfaceError")
-    )
+def _database_failure(error: Exception) -> Exception:
+    """``error`` as eventlog's own error when it is the database's (the engine's module
+    tells what it means), else ``error`` itself."""
+    failure = classify(current_eventlog().engine, error)
+    if failure is SchemaBehind:
+        log.error("the database's schema is behind this version (%s): run eventlog db upgrade", type(error).__name__)
+        return SchemaBehind(
+            "the database's schema is behind this version of eventlog; run `eventlog db upgrade`"
+        )
+    if failure is not None:  # unreachable, or a wait (a lock, a statement) ran out
+        # The type only: SQLAlchemy's message carries the statement's parameters (event data).
+        log.warning("database unavailable (%s)", type(error).__name__)
+        return DatabaseUnavailable("the database is unavailable; retry shortly")
+    return error
 
 
 def _rights() -> Rights:

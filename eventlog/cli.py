@@ -8,7 +8,6 @@ database) is one line naming the setting or the command to run, with exit status
 from __future__ import annotations
 
 import functools
-import os
 import re
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from . import body as strict_json
 from .app import create_app
 from .auth import Rights, TokenAuth
 from .config import Settings, from_environment, is_loopback, key_of
+from .database import backend_of
 from .errors import ConfigError, EventlogError
 from .events import EventFilter
 from .extension import EXTENSION_KEY, EventLog, current_eventlog
@@ -428,12 +428,8 @@ def _require_database_file(events: EventLog) -> None:
 
 
 def _missing_database_file(events: EventLog) -> str | None:
-    """The path of a SQLite database file that does not exist (connecting would create it)."""
-    url = make_url(events.settings.database_url)
-    path = url.database
-    if url.get_backend_name() == "sqlite" and path and path != ":memory:" and not os.path.exists(path):
-        return path
-    return None
+    """The path of a database file that does not exist (connecting would create it)."""
+    return backend_of(events.engine).missing_database(make_url(events.settings.database_url))
 
 
 def _database_problem(error: SQLAlchemyError) -> str:

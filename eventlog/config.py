@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from .database import SUPPORTED, supported_url
 from .errors import ConfigError
 
 PREFIX = "EVENTLOG_"
@@ -169,10 +170,11 @@ def _check_reply_timeout(values: dict[str, Any]) -> None:
 
 
 def _database_url(raw: str) -> str:
-    """Check the database URL; ``postgres://`` and ``postgresql://`` get the psycopg driver.
+    """Check the database URL; one without a driver gets eventlog's (``postgres://`` and
+    ``postgresql://`` psycopg, ``mysql://`` and ``mariadb://`` PyMySQL).
 
-    Those two spellings are what hosting providers hand out, and SQLAlchemy would otherwise
-    refuse the first and look for psycopg2, which eventlog does not install, for the second.
+    Those spellings are what hosting providers hand out, and SQLAlchemy would otherwise
+    refuse ``postgres://`` and look for drivers eventlog does not install for the others.
     """
     key = key_of("database_url")
     if not raw:
@@ -184,11 +186,10 @@ def _database_url(raw: str) -> str:
             f"{key} is not a database URL; use e.g. sqlite:///eventlog.db or"
             " postgresql+psycopg://user@host/db"
         ) from None
-    if url.drivername in ("postgres", "postgresql"):
-        url = url.set(drivername="postgresql+psycopg")
-    if url.get_backend_name() not in ("sqlite", "postgresql"):
-        raise ConfigError(f"{key}: eventlog runs on SQLite or PostgreSQL, not {url.get_backend_name()}")
-    return url.render_as_string(hide_password=False)
+    supported = supported_url(url)
+    if supported is None:
+        raise ConfigError(f"{key}: eventlog runs on {SUPPORTED}, not {url.get_backend_name()}")
+    return supported.render_as_string(hide_password=False)
 
 
 def _origins(raw: str) -> str:

@@ -1,118 +1,64 @@
-"""Engine creation: the SQLite settings the log's ordering guarantee relies on, and on
-PostgreSQL the timeouts that bound every wait on the database."""
+"""The database seam's front door: an engine for a URL, and the engine module that serves it.
+
+Everything that differs between the engines eventlog runs on lives in ``engines/``, one
+module per engine behind ``engines.base.Backend``, whose docstring states the contract each
+keeps. The rest of eventlog asks ``backend_of(engine)`` and never names a dialect.
+"""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-WRITE_OPTION = "eventlog_writes"
-WRITES = {WRITE_OPTION: True}
-"""Execution options for an engine whose transactions write the log (see ``make_engine``)."""
+from .engines.base import WRITES, Backend, Timeouts
+from .engines.mysql import MySQL
+from .engines.postgresql import PostgreSQL
+from .engines.sqlite import SQLite
+from .errors import DatabaseUnavailable, EventlogError
 
+__all__ = ["WRITES", "Backend", "Timeouts", "backend_of", "classify", "make_engine", "supported_url"]
 
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """How long eventlog's sessions may wait on PostgreSQL, in seconds; 0 is unbounded.
-
-    The defaults are PostgreSQL's and libpq's own (no bound): the app passes its settings
-    (``EVENTLOG_*_TIMEOUT_SECONDS``, see ARCHITECTURE.md "Every wait is bounded").
-    """
-
-    connect: float = 0  # libpq connect_timeout: a new connection
-    reply: float = 0  # this side: any wait for the server's answer on an open connection
-    statement: float = 0  # server side: statement_timeout
-    lock: float = 0  # server side: lock_timeout (the counter row, an idempotency key)
-    idle_in_transaction: float = 0  # server side: idle_in_transaction_session_timeout
-    keepalive: float = 0  # TCP keepalives after this much silence, and tcp_user_timeout
-    pool: float = 30  # waiting for a pooled connection (SQLAlchemy's default)
+BACKENDS: dict[str, Backend] = {b.name: b for b in (SQLite(), PostgreSQL(), MySQL())}
+_SCHEMES = {scheme: b for b in BACKENDS.values() for scheme in (b.name, *b.schemes)}
+SUPPORTED = "SQLite, PostgreSQL, MySQL or MariaDB"
 
 
-def make_engine(url: str, timeouts: Timeouts | None = None, **options: Any) -> Engine:
-    """Create an engine for ``url``; PostgreSQL sessions get the ``timeouts`` given, SQLite
-    WAL mode, and ``BEGIN IMMEDIATE`` for the transactions of an engine made with
-    ``execution_options(**WRITES)``.
+def supported_url(url: URL) -> URL | None:
+    """``url`` with its engine's driver when it names none (``postgres://`` gets psycopg,
+    ``mysql://`` and ``mariadb://`` PyMySQL); None for an engine eventlog does not run on."""
+    backend = _SCHEMES.get(url.drivername.partition("+")[0])
+    return None if backend is None else backend.url(url)
 
-    Those take SQLite's write lock at BEGIN: that serializes publishers (so commit order is
-    id order, as on PostgreSQL with the counter's row lock) and avoids the deadlock of two
-    transactions that both read, then try to upgrade to writers. Reads begin deferred, so in
-    WAL mode they never wait for a writer (an application's open transaction, say).
-    """
+
+def make_engine(url: str | URL, timeouts: Timeouts | None = None, **options: Any) -> Engine:
+    """An engine for ``url`` whose sessions keep the seam's contract, each wait bounded by
+    ``timeouts`` (unbounded without). Engines made with ``execution_options(**WRITES)``
+    write the log."""
     parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        if timeouts is not None:
-            options = {"pool_timeout": timeouts.pool, **options}
-        # No pre-ping: it costs a round trip on every checkout, and a connection the server
-        # dropped is detected on use anyway (SQLAlchemy then discards the whole stale pool).
-        engine = create_engine(parsed, **options)
-        if timeouts is not None:
-            _bound_postgresql(engine, timeouts)
-        return engine
-
-    engine = create_engine(parsed, connect_args={"timeout": 30}, **options)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        writes = connection.get_execution_options().get(WRITE_OPTION, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
-
-    return engine
+    complete = supported_url(parsed)
+    if complete is None:
+        raise ValueError(f"eventlog runs on {SUPPORTED}, not {parsed.get_backend_name()}")
+    return _backend(complete.get_backend_name()).create_engine(complete, timeouts, options)
 
 
-def connection_parameters(timeouts: Timeouts) -> dict[str, Any]:
-    """The libpq parameters that carry ``timeouts``: the server-side ones travel in
-    ``options``, so they hold from the session's first statement, without a round trip."""
-    server = {
-        "statement_timeout": timeouts.statement,
-        "lock_timeout": timeouts.lock,
-        "idle_in_transaction_session_timeout": timeouts.idle_in_transaction,
-    }
-    parameters: dict[str, Any] = {
-        "options": " ".join(f"-c {name}={_ms(seconds)}" for name, seconds in server.items()),
-        # libpq counts whole seconds (and takes less than 2 as 2); 0 waits as long as TCP does.
-        "connect_timeout": math.ceil(timeouts.connect),
-    }
-    if timeouts.keepalive:
-        idle = math.ceil(timeouts.keepalive)
-        parameters.update(
-            keepalives=1,
-            keepalives_idle=idle,
-            keepalives_interval=1,
-            keepalives_count=3,
-            # Sent data left unacknowledged this long (a dropped link) aborts the connection;
-            # on Linux it also ends the keepalive probing at the same point.
-            tcp_user_timeout=_ms(idle + 3),
-        )
-    return parameters
+def backend_of(bind: Engine | Connection) -> Backend:
+    """The engine module behind ``bind``."""
+    return _backend(bind.dialect.name)
 
 
-def _bound_postgresql(engine: Engine, timeouts: Timeouts) -> None:
-    parameters = connection_parameters(timeouts)
-    # Imported only now: psycopg picks how it waits at import, so a process that gevent
-    # patches later (the gunicorn master's workers) must not have imported it yet.
-    from .postgres import BoundedConnection
-
-    @event.listens_for(engine, "do_connect")
-    def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-        # The URL's own query parameters win: an operator may tune one connection string.
-        connection = BoundedConnection.connect(*cargs, **{**parameters, **cparams})
-        connection.reply_timeout = timeouts.reply
-        return connection
+def classify(bind: Engine | Connection, error: BaseException) -> type[EventlogError] | None:
+    """What a failure of ``bind`` means in eventlog's terms (``Backend.classify``); None
+    for an error that is not the database's, or that it cannot explain (a bug)."""
+    if isinstance(error, PoolTimeout):  # every pooled connection busy for too long
+        return DatabaseUnavailable
+    if isinstance(error, DBAPIError):
+        return backend_of(bind).classify(error)
+    return None
 
 
-def _ms(seconds: float) -> int:
-    return round(seconds * 1000)
+def _backend(name: str) -> Backend:
+    return _SCHEMES[name]

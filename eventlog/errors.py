@@ -8,6 +8,8 @@
     ├── UnsupportedMediaType  415 a publish whose Content-Type is not JSON
     ├── IdempotencyConflict   422 an Idempotency-Key reused for a different request
     ├── QueryTooLong          503 an audit query over EVENTLOG_AUDIT_TIMEOUT_SECONDS
+    ├── SchemaBehind          503 the database lacks a table or column: run eventlog db upgrade
+    ├── DatabaseUnavailable   503 the database cannot answer now (down, cut off, a wait ran out)
     └── ConfigError           a setting is missing or malformed, or the schema is not there;
                               raised at start-up, where it becomes a one-line error naming the
                               setting or the command to run
@@ -112,6 +114,18 @@ class SchemaBehind(EventlogError):
     status = 503
     slug = "schema-not-migrated"
     title = "Database schema not migrated"
+
+
+class DatabaseUnavailable(EventlogError):
+    """Unreachable, or a wait on it ran out: the same request may succeed in a moment."""
+
+    status = 503
+    slug = "database-unavailable"
+    title = "Service unavailable"
+    retry_after_seconds = 1
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
 
 
 class ConfigError(EventlogError):

@@ -12,6 +12,7 @@ context its only app's); a second ``init_app`` on the same app is refused.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Session, scoped_session
 from . import metrics, migrate
 from .auth import TokenAuth
 from .config import Settings, key_of
-from .database import Timeouts, make_engine
+from .database import Timeouts, backend_of, make_engine
 from .errors import ConfigError, IdempotencyConflict, QueryTooLong
 from .events import EventFilter, NewEvent, StoredEvent
 from .hub import Hub
@@ -49,7 +50,6 @@ from .validation import parse_events
 from .writer import Writer
 
 EXTENSION_KEY = "eventlog"
-QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement its statement_timeout ended
 
 DatabaseSession = Session | scoped_session[Session] | Connection
 """What ``publish(..., session=...)`` writes in: the caller's open transaction."""
@@ -257,26 +257,25 @@ class EventLog:
         """One page of the audit query (at most ``limit`` events, and about
         ``EVENTLOG_PAGE_BYTES`` of data), with what was pruned in its range.
 
-        On PostgreSQL the page may take ``EVENTLOG_AUDIT_TIMEOUT_SECONDS`` at most, else
-        QueryTooLong; SQLite has no statement timeout, so there it runs to the end.
+        The page may take ``EVENTLOG_AUDIT_TIMEOUT_SECONDS`` at most, else QueryTooLong;
+        SQLite has no statement timeout, so there it runs to the end.
         """
         state = self._state()
         cap = state.settings.audit_timeout_seconds
+        backend = backend_of(state.engine)
         with snapshot(state.engine) as conn:
-            if cap and conn.dialect.name == "postgresql":
-                # LOCAL: it ends with this read's transaction, the pooled session keeps its own.
-                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {round(cap * 1000)}")
             try:
-                return read_page(
-                    conn,
-                    where,
-                    limit=limit,
-                    newest_first=newest_first,
-                    max_bytes=state.settings.page_bytes,
-                    with_pruned=True,
-                )
+                with backend.cap_statements(conn, cap) if cap else contextlib.nullcontext():
+                    return read_page(
+                        conn,
+                        where,
+                        limit=limit,
+                        newest_first=newest_first,
+                        max_bytes=state.settings.page_bytes,
+                        with_pruned=True,
+                    )
             except DBAPIError as error:
-                if getattr(error.orig, "sqlstate", None) != QUERY_CANCELED:
+                if backend.classify(error) is not QueryTooLong:
                     raise
                 raise QueryTooLong(
                     f"the query took longer than {cap:g} s; narrow it with stream, type,"

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, MetaData, String, Text
+from sqlalchemy import BigInteger, Index, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .engines.types import TABLE_OPTIONS, Data, Name, Time
 
 # Stable constraint names, so Alembic can find and change them on every backend.
 NAMING_CONVENTION = {
@@ -31,10 +33,10 @@ class Event(Base):
     __tablename__ = "events"
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)
-    stream: Mapped[str] = mapped_column(String(200))
-    type: Mapped[str] = mapped_column(String(200))
-    data: Mapped[str] = mapped_column(Text)
-    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    stream: Mapped[str] = mapped_column(Name(200))
+    type: Mapped[str] = mapped_column(Name(200))
+    data: Mapped[str] = mapped_column(Data)
+    time: Mapped[datetime] = mapped_column(Time())
 
     __table_args__ = (
         # Each audit filter reads in id order from an index (see migration 0002).
@@ -43,6 +45,7 @@ class Event(Base):
         Index("ix_events_time_id", "time", "id"),
         Index("ix_events_type_id", "type", "id"),
         Index("ix_events_stream_type_id", "stream", "type", "id"),
+        TABLE_OPTIONS,
     )
 
 
@@ -59,7 +62,9 @@ class Counter(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     last_id: Mapped[int] = mapped_column(Id)
-    last_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_time: Mapped[datetime | None] = mapped_column(Time())
+
+    __table_args__ = (TABLE_OPTIONS,)
 
 
 class IdempotencyKey(Base):
@@ -67,14 +72,14 @@ class IdempotencyKey(Base):
 
     __tablename__ = "idempotency_keys"
 
-    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    key: Mapped[str] = mapped_column(Name(255), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
     first_id: Mapped[int | None] = mapped_column(Id)
     last_id: Mapped[int | None] = mapped_column(Id)
-    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    time: Mapped[datetime] = mapped_column(Time())
 
     # Retention deletes a key with its first event: it looks keys up by that id.
-    __table_args__ = (Index("ix_idempotency_keys_first_id", "first_id"),)
+    __table_args__ = (Index("ix_idempotency_keys_first_id", "first_id"), TABLE_OPTIONS)
 
 
 class PrunedStream(Base):
@@ -86,5 +91,7 @@ class PrunedStream(Base):
 
     __tablename__ = "pruned_streams"
 
-    stream: Mapped[str] = mapped_column(String(200), primary_key=True)
+    stream: Mapped[str] = mapped_column(Name(200), primary_key=True)
     pruned_through: Mapped[int] = mapped_column(Id)
+
+    __table_args__ = (TABLE_OPTIONS,)

@@ -13,11 +13,11 @@ of each stream and deletes the idempotency keys whose first event it deleted: a 
 long as its events, and a retry with a pruned key stores its events anew. The counter row is
 never touched, and no row a publisher writes is locked: publishing never waits on a prune.
 
-One process of the cluster prunes at a time. On PostgreSQL the pruner holds a session-level
-advisory lock while it prunes, taken with ``pg_try_advisory_lock`` (a process that finds it
-held skips its turn), released when it is done; if the process dies its session ends and the
-lock with it, so another process prunes next time. On SQLite each batch takes the database's
-write lock: processes may prune in turn, and a second pruner finds nothing left to delete.
+One process of the cluster prunes at a time: the pruner holds the engine's pruning lock
+(``Backend.prune_lock``, a lock of its database session) while it prunes; a process that
+finds it held skips its turn, and if the process dies its session ends and the lock with it,
+so another process prunes next time. On SQLite each batch takes the database's write lock
+instead: processes may prune in turn, and a second pruner finds nothing left to delete.
 """
 
 from __future__ import annotations
@@ -29,23 +29,21 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
     and_,
-    case,
     delete,
     func,
     select,
     text,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import metrics
+from .database import backend_of
 from .models import Event, IdempotencyKey, PrunedStream
 from .store import first_at
 
@@ -53,21 +51,20 @@ log = logging.getLogger(__name__)
 
 BATCH = 5000  # ids per DELETE: a short transaction, a bounded amount of WAL
 PAUSE_SECONDS = 0.01  # the least pause between batches (it is as long as the batch took)
-LOCK_KEY = 0x6576656E746C6F67  # "eventlog" in ASCII: the advisory lock's key
 
 # Every distinct stream, one index probe each (a skip scan, which neither database plans by
 # itself for DISTINCT): a million events of ten streams cost ten lookups, not a million.
 _STREAMS = text(
-    """
+    f"""
     WITH RECURSIVE streams(name) AS (
-        SELECT min(stream) FROM events
+        SELECT min(stream) FROM {Event.__tablename__}
         UNION ALL
-        SELECT (SELECT min(stream) FROM events WHERE stream > streams.name)
+        SELECT (SELECT min(stream) FROM {Event.__tablename__} WHERE stream > streams.name)
         FROM streams WHERE streams.name IS NOT NULL
     )
     SELECT name FROM streams WHERE name IS NOT NULL
     """
-)
+).columns(name=Event.stream.type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,24 +145,8 @@ def prune(
 @contextlib.contextmanager
 def _pruning(engine: Engine) -> Iterator[Connection | None]:
     """A connection to prune on, holding the cluster's pruning lock; None if it is taken."""
-    with engine.connect() as conn:
-        if conn.dialect.name != "postgresql":
-            yield conn
-            return
-        taken = conn.execute(select(func.pg_try_advisory_lock(LOCK_KEY))).scalar_one()
-        conn.commit()
-        if not taken:
-            yield None
-            return
-        try:
-            yield conn
-        finally:
-            try:
-                conn.rollback()
-                conn.execute(select(func.pg_advisory_unlock(LOCK_KEY)))
-                conn.commit()
-            except SQLAlchemyError:
-                conn.invalidate()  # closing the session releases the lock as well
+    with engine.connect() as conn, backend_of(conn).prune_lock(conn) as taken:
+        yield conn if taken else None
 
 
 def _passes(conn: Connection, policy: Policy) -> list[_Pass]:
@@ -223,7 +204,7 @@ def _delete_batch(conn: Connection, step: _Pass, after: int) -> tuple[list[int],
             highest: dict[str, int] = {}
             for row in rows:
                 highest[row.stream] = max(row.id, highest.get(row.stream, 0))
-            _raise_bounds(conn, highest)
+            backend_of(conn).raise_pruned(conn, highest)
             # The keys whose first event is gone: a range on their index, not 5,000 parameters.
             conn.execute(
                 delete(IdempotencyKey).where(
@@ -234,25 +215,6 @@ def _delete_batch(conn: Connection, step: _Pass, after: int) -> tuple[list[int],
     if not step.by_range and len(ids) == BATCH:
         following = max(ids)
     return ids, following
-
-
-def _raise_bounds(conn: Connection, highest: dict[str, int]) -> None:
-    """Raise each stream's pruned bound to at least the given id (never lower it: another
-    pruner, on SQLite, may have gone further)."""
-    dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    insert = dialect.insert(PrunedStream)
-    new = insert.excluded.pruned_through
-    conn.execute(
-        insert.on_conflict_do_update(
-            index_elements=[PrunedStream.stream],
-            set_={
-                "pruned_through": case(
-                    (new > PrunedStream.pruned_through, new), else_=PrunedStream.pruned_through
-                )
-            },
-        ),
-        [{"stream": s, "pruned_through": i} for s, i in sorted(highest.items())],
-    )
 
 
 class Pruner:

@@ -8,71 +8,30 @@ caller's job once that transaction has committed.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     ColumnElement,
     Connection,
-    DateTime,
     Engine,
     Select,
-    Text,
-    bindparam,
     func,
-    insert,
     select,
-    text,
     union_all,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
+from .database import backend_of
+from .engines.common import COUNTER_ROW
 from .errors import IdempotencyConflict
 from .events import MAX_ID, EventFilter, NewEvent, StoredEvent, utc
 from .models import Counter, Event, IdempotencyKey, PrunedStream
 
-COUNTER_ROW = 1
-
-# Built once: these run on every publish and every hub wake-up.
-_TIME = bindparam("time", type_=DateTime(timezone=True))
-# SQLite: the writers share one host, whose clock ``:time`` is read from.
-_ALLOCATE = (
-    update(Counter)
-    .where(Counter.id == COUNTER_ROW)
-    .values(
-        last_id=Counter.last_id + bindparam("count"),
-        last_time=func.max(func.coalesce(Counter.last_time, _TIME), _TIME),
-    )
-    .returning(Counter.last_id, Counter.last_time)
-)
+# Built once: it runs on every hub wake-up.
 _HEAD = select(Counter.last_id).where(Counter.id == COUNTER_ROW)
-_INSERT = insert(Event)
-# A data-modifying CTE always runs to completion, so the SELECT only has to report the ids.
-# The time is the database's clock, the one clock every server of a cluster shares, read
-# under the counter's lock.
-_STORE_POSTGRESQL = text(
-    f"""
-    WITH counter AS (
-        UPDATE event_counter
-        SET last_id = last_id + :count, last_time = greatest(last_time, clock_timestamp())
-        WHERE id = {COUNTER_ROW} RETURNING last_id, last_time
-    ), stored AS (
-        INSERT INTO events (id, stream, type, data, time)
-        SELECT counter.last_id - :count + row.n, row.value ->> 0, row.value ->> 1,
-               row.value ->> 2, counter.last_time
-        FROM counter, json_array_elements(CAST(:rows AS json)) WITH ORDINALITY AS row(value, n)
-    )
-    SELECT last_id - :count + 1 AS first_id, last_time FROM counter
-    """
-).bindparams(
-    bindparam("count", type_=BigInteger),
-    bindparam("rows", type_=Text),
-).columns(first_id=BigInteger, last_time=DateTime(timezone=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,13 +50,15 @@ class Publish:
     idempotency_key: str | None = None
 
 
-def needs_transaction(dialect: str, publishes: Sequence[Publish]) -> bool:
+def needs_transaction(engine: Engine, publishes: Sequence[Publish]) -> bool:
     """Whether :func:`append_all` runs more than one statement for these publishes.
 
-    On PostgreSQL, publishes without idempotency keys are one statement, which can commit
-    by itself (autocommit): no BEGIN and COMMIT round trips around it.
+    Where the engine stores publishes without idempotency keys in one statement, that
+    statement can commit by itself (autocommit): no BEGIN and COMMIT round trips around it.
     """
-    return dialect != "postgresql" or any(p.idempotency_key is not None for p in publishes)
+    return not backend_of(engine).one_statement_publish or any(
+        p.idempotency_key is not None for p in publishes
+    )
 
 
 def append_all(conn: Connection, publishes: Sequence[Publish]) -> list[Appended | IdempotencyConflict]:
@@ -182,29 +143,13 @@ def store_events(conn: Connection, events: Sequence[NewEvent]) -> tuple[int, dat
     """Give ``events`` consecutive ids and one time, insert them, and return the first id
     and the time.
 
-    The single place ids and times come from. Bumping the counter row takes its lock (on
-    SQLite the database write lock, taken at BEGIN IMMEDIATE) until the transaction ends,
-    so a later id can never commit before an earlier one. The time is read under that lock
-    and never earlier than the previous publish's, so times never decrease along ids and a
-    time filter is an id range (see ``_conditions``). On PostgreSQL the bump and the insert
-    are one statement with the rows in one JSON parameter: one round trip, and no network
-    wait inside the lock but the commit's.
+    The single place ids and times come from: the engine's ``store_events``, which keeps
+    the seam's contract (``engines/base.py``). The counter stays locked until the caller's
+    transaction ends, so a later id can never commit before an earlier one, and the time,
+    read under that lock, never decreases along ids, so a time filter is an id range (see
+    ``_conditions``).
     """
-    if conn.dialect.name == "postgresql":
-        rows = json.dumps([[e.stream, e.type, e.data] for e in events], ensure_ascii=False)
-        stored = conn.execute(_STORE_POSTGRESQL, {"count": len(events), "rows": rows}).one()
-        return int(stored.first_id), utc(stored.last_time)
-    counter = conn.execute(_ALLOCATE, {"count": len(events), "time": datetime.now(UTC)}).one()
-    first_id = int(counter.last_id) - len(events) + 1
-    time = utc(counter.last_time)
-    conn.execute(
-        _INSERT,
-        [
-            {"id": first_id + n, "stream": e.stream, "type": e.type, "data": e.data, "time": time}
-            for n, e in enumerate(events)
-        ],
-    )
-    return first_id, time
+    return backend_of(conn).store_events(conn, events)
 
 
 def head(conn: Connection) -> int:
@@ -272,13 +217,7 @@ def _read_events(
     if max_bytes is None:
         rows = conn.execute(select(matching).order_by(_keyset(matching, newest_first))).all()
         return Page([_stored(row) for row in rows[:limit]], more=len(rows) > limit)
-    # On PostgreSQL octet_length reads a large value's size from its TOAST header, where
-    # length() would decompress the whole value just to count its characters.
-    size = (
-        func.octet_length(matching.c.data)
-        if conn.dialect.name == "postgresql"
-        else func.length(matching.c.data)
-    )
+    size = backend_of(conn).data_size(matching.c.data)
     counted = select(
         matching,
         (func.sum(size).over(order_by=_keyset(matching, newest_first)) - size).label("before"),
@@ -336,13 +275,10 @@ def count_events(conn: Connection, where: EventFilter) -> int:
 def snapshot(engine: Engine) -> Connection:
     """A connection whose reads all see one moment of the log, until it is closed.
 
-    On PostgreSQL that takes REPEATABLE READ (READ COMMITTED gives each statement its own
-    moment); on SQLite every transaction here is one already (``database.py``).
+    Where the log's sessions read at READ COMMITTED (which gives each statement its own
+    moment) the engine's ``snapshot`` raises the isolation for this connection.
     """
-    conn = engine.connect()
-    if conn.dialect.name == "postgresql":
-        conn = conn.execution_options(isolation_level="REPEATABLE READ")
-    return conn
+    return backend_of(engine).snapshot(engine.connect())
 
 
 def pruned_above(conn: Connection, streams: Sequence[str], after: int) -> dict[str, int]:
@@ -410,18 +346,11 @@ def _claim_key(
     """Record ``key`` for this publish (None), or return the earlier publish made with it,
     or the conflict when that one stored other events.
 
-    On PostgreSQL a concurrent publish with the same key waits here for the first one's
-    transaction to end, then sees its result: the key is claimed before the counter is
-    touched, so the waiting never holds the counter's lock.
+    A concurrent publish with the same key waits here for the first one's transaction to
+    end, then sees its result (the seam's contract): the key is claimed before the counter
+    is touched, so the waiting never holds the counter's lock.
     """
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    claimed = conn.execute(
-        dialect.insert(IdempotencyKey)
-        .values(key=key, fingerprint=fingerprint, time=now)
-        .on_conflict_do_nothing(index_elements=[IdempotencyKey.key])
-        .returning(IdempotencyKey.key)
-    ).first()
-    if claimed is not None:
+    if backend_of(conn).claim_key(conn, key, fingerprint, now):
         return None
     earlier = conn.execute(select(IdempotencyKey).where(IdempotencyKey.key == key)).one()
     if earlier.fingerprint != fingerprint:

@@ -75,7 +75,7 @@ class Writer:
             batch = self._take()
         publishes = [t.publish for t in batch]
         try:
-            if needs_transaction(self._engine.dialect.name, publishes):
+            if needs_transaction(self._engine, publishes):
                 with self._engine.begin() as conn:
                     outcomes = append_all(conn, publishes)
             else:

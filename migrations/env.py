@@ -11,7 +11,7 @@ from logging.config import fileConfig
 from alembic import context
 
 from eventlog.config import Settings, from_environment
-from eventlog.database import make_engine
+from eventlog.database import backend_of, make_engine
 from eventlog.migrate import VERSION_TABLE
 from eventlog.models import Base
 
@@ -23,17 +23,16 @@ engine = config.attributes.get("engine") or make_engine(
 )
 
 with engine.connect() as connection:
+    backend = backend_of(connection)
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
-        render_as_batch=connection.dialect.name == "sqlite",
+        render_as_batch=backend.batch_migrations,
         compare_type=True,
         version_table=VERSION_TABLE,  # beside an application's own alembic_version
     )
     with context.begin_transaction():
-        if connection.dialect.name == "postgresql":
-            # A migration may rewrite or index the whole table: the caps that keep the app's
-            # statements short do not apply to it (for this transaction only).
-            connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
-            connection.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
-        context.run_migrations()
+        # A migration may rewrite or index the whole table: the caps that keep the app's
+        # statements short do not apply to it.
+        with backend.lift_caps(connection):
+            context.run_migrations()

@@ -109,7 +109,7 @@ def test_a_database_without_the_schema_says_what_to_run(runner: CliRunner, tmp_p
     ("url", "message"),
     [
         ("nonsense", "EVENTLOG_DATABASE_URL is not a database URL"),
-        ("mysql://db.internal/x", "EVENTLOG_DATABASE_URL: eventlog runs on SQLite or PostgreSQL"),
+        ("oracle://db.internal/x", "EVENTLOG_DATABASE_URL: eventlog runs on SQLite, PostgreSQL, MySQL or MariaDB, not oracle"),
         ("", "EVENTLOG_DATABASE_URL is empty"),
     ],
 )

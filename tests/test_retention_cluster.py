@@ -18,7 +18,7 @@ from conftest import EVENTLOG_BIN, Server, server_env
 from helpers import Listener, wait_until
 from sqlalchemy import Connection, Engine, func, select, text
 
-from eventlog.retention import LOCK_KEY
+from eventlog.engines.postgresql import LOCK_KEY
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 

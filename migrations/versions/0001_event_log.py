@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from eventlog.engines.types import TABLE_OPTIONS, Data, Name, Time
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -22,11 +24,12 @@ def upgrade() -> None:
     op.create_table(
         "events",
         sa.Column("id", Id, autoincrement=False, nullable=False),
-        sa.Column("stream", sa.String(200), nullable=False),
-        sa.Column("type", sa.String(200), nullable=False),
-        sa.Column("data", sa.Text(), nullable=False),
-        sa.Column("time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("stream", Name(200), nullable=False),
+        sa.Column("type", Name(200), nullable=False),
+        sa.Column("data", Data, nullable=False),
+        sa.Column("time", Time(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_events")),
+        **TABLE_OPTIONS,
     )
     op.create_index("ix_events_stream_id", "events", ["stream", "id"])
     op.create_index("ix_events_time", "events", ["time"])
@@ -36,17 +39,19 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("last_id", Id, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_event_counter")),
+        **TABLE_OPTIONS,
     )
     op.bulk_insert(counter, [{"id": 1, "last_id": 0}])
 
     op.create_table(
         "idempotency_keys",
-        sa.Column("key", sa.String(255), nullable=False),
+        sa.Column("key", Name(255), nullable=False),
         sa.Column("fingerprint", sa.String(64), nullable=False),
         sa.Column("first_id", Id, nullable=True),
         sa.Column("last_id", Id, nullable=True),
-        sa.Column("time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("time", Time(), nullable=False),
         sa.PrimaryKeyConstraint("key", name=op.f("pk_idempotency_keys")),
+        **TABLE_OPTIONS,
     )
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from eventlog.engines.types import TABLE_OPTIONS, Name
+
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
@@ -21,9 +23,10 @@ Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 def upgrade() -> None:
     op.create_table(
         "pruned_streams",
-        sa.Column("stream", sa.String(200), nullable=False),
+        sa.Column("stream", Name(200), nullable=False),
         sa.Column("pruned_through", Id, nullable=False),
         sa.PrimaryKeyConstraint("stream", name=op.f("pk_pruned_streams")),
+        **TABLE_OPTIONS,
     )
     op.create_index("ix_idempotency_keys_first_id", "idempotency_keys", ["first_id"])
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from eventlog.engines.types import Time
+
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
@@ -25,18 +27,20 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column("event_counter", sa.Column("last_time", sa.DateTime(timezone=True), nullable=True))
+    op.add_column("event_counter", sa.Column("last_time", Time(), nullable=True))
+    events = sa.table("events", sa.column("id"), sa.column("time"))
+    earlier = sa.select(
+        events.c.id,
+        sa.func.max(events.c.time)
+        .over(order_by=events.c.id, rows=(None, -1))
+        .label("latest"),
+    ).subquery("earlier")
+    # Built, not written: SQLAlchemy spells an UPDATE from another table in each
+    # engine's own syntax (UPDATE ... FROM, or MySQL's UPDATE ... JOIN).
     op.execute(
-        """
-        UPDATE events SET time = earlier.latest
-        FROM (
-            SELECT id, max(time) OVER (
-                ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
-            ) AS latest
-            FROM events
-        ) AS earlier
-        WHERE events.id = earlier.id AND events.time < earlier.latest
-        """
+        events.update()
+        .values(time=earlier.c.latest)
+        .where(events.c.id == earlier.c.id, events.c.time < earlier.c.latest)
     )
     op.execute("UPDATE event_counter SET last_time = (SELECT max(time) FROM events)")
     op.drop_index("ix_events_time", table_name="events")
