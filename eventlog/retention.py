@@ -185,26 +185,20 @@ def _delete_batch(conn: Connection, step: _Pass, after: int) -> tuple[list[int],
     """
     if step.by_range:
         until = min(after + BATCH, step.through)
-        doomed = delete(Event).where(step.where, Event.id > after, Event.id <= until)
+        doomed, limit = and_(step.where, Event.id > after, Event.id <= until), None
         following: int | None = until if until < step.through else None
     else:
-        batch = (
-            select(Event.id)
-            .where(step.where, Event.id > after, Event.id <= step.through)
-            .order_by(Event.id)
-            .limit(BATCH)
-            .scalar_subquery()
-        )
-        doomed = delete(Event).where(Event.id.in_(batch))
+        doomed, limit = and_(step.where, Event.id > after, Event.id <= step.through), BATCH
         following = None
+    backend = backend_of(conn)
     with conn.begin():
-        rows = conn.execute(doomed.returning(Event.id, Event.stream)).all()
+        rows = backend.delete_events(conn, doomed, limit=limit)
         ids = [row.id for row in rows]
         if rows:
             highest: dict[str, int] = {}
             for row in rows:
                 highest[row.stream] = max(row.id, highest.get(row.stream, 0))
-            backend_of(conn).raise_pruned(conn, highest)
+            backend.raise_pruned(conn, highest)
             # The keys whose first event is gone: a range on their index, not 5,000 parameters.
             conn.execute(
                 delete(IdempotencyKey).where(

@@ -1,8 +1,9 @@
-"""Fixtures: the app on both backends, real PostgreSQL and Redis, and real server processes.
+"""Fixtures: the app on every engine, real PostgreSQL, MariaDB and Redis, and real server processes.
 
-PostgreSQL and Redis come from EVENTLOG_TEST_POSTGRES_URL and EVENTLOG_TEST_REDIS_URL
-(defaulting to the local servers). When one is unreachable its tests skip with the reason,
-or fail when EVENTLOG_TEST_REQUIRE_SERVICES=1 (as on CI).
+PostgreSQL, MariaDB (or MySQL) and Redis come from EVENTLOG_TEST_POSTGRES_URL,
+EVENTLOG_TEST_MYSQL_URL and EVENTLOG_TEST_REDIS_URL (defaulting to the local servers). When one
+is unreachable its tests skip with the reason, or fail when EVENTLOG_TEST_REQUIRE_SERVICES=1
+(as on CI).
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ from sqlalchemy.exc import OperationalError
 from eventlog import EventLog, create_app
 from eventlog.database import make_engine
 from eventlog.migrate import upgrade
+from eventlog.models import Counter, Event, IdempotencyKey, PrunedStream
 
 POSTGRES_URL = os.environ.get(
     "EVENTLOG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+MYSQL_URL = os.environ.get("EVENTLOG_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 REDIS_URL = os.environ.get("EVENTLOG_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_SERVICES = os.environ.get("EVENTLOG_TEST_REQUIRE_SERVICES") == "1"
 EVENTLOG_BIN = Path(sys.executable).with_name("eventlog")
@@ -72,6 +75,29 @@ def fresh_postgres_database(prefix: str) -> Iterator[Engine]:
         admin.dispose()
 
 
+@contextlib.contextmanager
+def fresh_mysql_database(prefix: str) -> Iterator[Engine]:
+    """An engine on a new, empty database of the MariaDB (or MySQL) server that
+    EVENTLOG_TEST_MYSQL_URL names, dropped afterwards: concurrent runs never meet."""
+    url = make_url(MYSQL_URL)
+    admin = make_engine(url.set(database=None), isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    except OperationalError:
+        admin.dispose()
+        unavailable(f"MariaDB/MySQL is not reachable at {url.render_as_string()}")
+    engine = make_engine(url.set(database=name))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def postgres_engine() -> Iterator[Engine]:
     """The run's migrated PostgreSQL database (shared by the run, emptied per test)."""
@@ -84,10 +110,21 @@ def url_of(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=False)
 
 
-def empty_postgres(engine: Engine) -> None:
+@pytest.fixture(scope="session")
+def mysql_engine() -> Iterator[Engine]:
+    """The run's migrated MariaDB database (shared by the run, emptied per test)."""
+    with fresh_mysql_database("eventlog_test") as engine:
+        upgrade(engine)
+        yield engine
+
+
+def empty_database(engine: Engine) -> None:
+    """Empty the log of a server database (the counter back at 0)."""
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE events, idempotency_keys, pruned_streams"))
-        conn.execute(text("UPDATE event_counter SET last_id = 0, last_time = NULL"))
+        for table in (Event, IdempotencyKey, PrunedStream):
+            conn.execute(text(f"TRUNCATE TABLE {table.__tablename__}"))
+        conn.execute(text(f"UPDATE {Counter.__tablename__} SET last_id = 0, last_time = NULL"))
+
 
 
 def sqlite_database(folder: Path) -> str:
@@ -99,21 +136,34 @@ def sqlite_database(folder: Path) -> str:
     return url
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+SERVER_ENGINES = {"postgresql": "postgres_engine", "mysql": "mysql_engine"}
+ENGINES = ["sqlite", *SERVER_ENGINES]
+"""Every engine, as ``database_url`` parameters: ``@pytest.mark.parametrize("database_url",
+[...], indirect=True)`` narrows a test to some."""
+
+
+@pytest.fixture(params=ENGINES)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A migrated, empty database on each backend."""
+    """A migrated, empty database on each engine (MariaDB for "mysql")."""
     if request.param == "sqlite":
         return sqlite_database(tmp_path)
-    engine = request.getfixturevalue("postgres_engine")
-    empty_postgres(engine)
+    engine = request.getfixturevalue(SERVER_ENGINES[request.param])
+    empty_database(engine)
     return url_of(engine)
 
 
 @pytest.fixture
 def postgres_url(postgres_engine: Engine) -> str:
     """The PostgreSQL test database, migrated and empty."""
-    empty_postgres(postgres_engine)
+    empty_database(postgres_engine)
     return url_of(postgres_engine)
+
+
+@pytest.fixture
+def mysql_url(mysql_engine: Engine) -> str:
+    """The MariaDB test database, migrated and empty."""
+    empty_database(mysql_engine)
+    return url_of(mysql_engine)
 
 
 @pytest.fixture

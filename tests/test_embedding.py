@@ -23,7 +23,7 @@ from conftest import Server, fresh_postgres_database, url_of
 from flask import Flask, request
 from flask_sqlalchemy import SQLAlchemy
 from helpers import Listener, wait_until
-from sqlalchemy import String, insert, inspect, select, text
+from sqlalchemy import String, insert, inspect, select, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import eventlog
@@ -31,7 +31,7 @@ from eventlog import EventFilter, EventLog, InvalidRequest, migrate
 from eventlog.database import make_engine
 from eventlog.hub import Subscription
 from eventlog.migrate import VERSION_TABLE, upgrade
-from eventlog.models import Event
+from eventlog.models import Counter, Event
 
 README_PATH = Path(__file__).resolve().parent.parent / "README.md"
 SLOW_POLL = 60  # so that only an announcement can deliver within the test's time
@@ -347,7 +347,8 @@ def test_a_row_the_hub_cannot_send_does_not_stop_later_events(
     assert plain.connected.wait(10) and envelope.connected.wait(10)
     engine = make_engine(database_url)
     with engine.begin() as conn:  # written straight into the table, past every check
-        last = conn.execute(text("UPDATE event_counter SET last_id = last_id + 1 RETURNING last_id")).scalar_one()
+        conn.execute(update(Counter).values(last_id=Counter.last_id + 1))
+        last = conn.execute(select(Counter.last_id)).scalar_one()
         conn.execute(
             insert(Event).values(id=last, stream="bad", type="line\nfeed", data="1", time=datetime.now(UTC))
         )

@@ -15,7 +15,7 @@ import pytest
 from conftest import (
     EVENTLOG_BIN,
     Server,
-    empty_postgres,
+    empty_database,
     server_env,
     sqlite_database,
     url_of,
@@ -36,7 +36,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         url = sqlite_database(tmp_path_factory.mktemp("live"))
     else:
         engine = request.getfixturevalue("postgres_engine")
-        empty_postgres(engine)
+        empty_database(engine)
         url = url_of(engine)
     server = Server(free_port(), server_env(url, HEARTBEAT_SECONDS=1, RETRY_MS=500, POLL_SECONDS=0.5), [])
     try:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import ColumnElement, Connection, Engine, func
+from sqlalchemy import ColumnElement, Connection, Engine, Row, func
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -105,6 +105,13 @@ class Backend(abc.ABC):
     def claim_key(self, conn: Connection, key: str, fingerprint: str, now: datetime) -> bool:
         """Insert ``key`` unless it exists; True if this call inserted it. A concurrent
         claimer waits here until the transaction that inserted it ends."""
+
+    @abc.abstractmethod
+    def delete_events(
+        self, conn: Connection, where: ColumnElement[bool], *, limit: int | None
+    ) -> Sequence[Row[int, str]]:
+        """Delete the events matching ``where`` (only the ``limit`` lowest ids of them, when
+        given) and return the ``(id, stream)`` of each."""
 
     @abc.abstractmethod
     def raise_pruned(self, conn: Connection, highest: dict[str, int]) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, case, insert
+from sqlalchemy import ColumnElement, Connection, Row, Select, case, delete, insert, select
 from sqlalchemy.dialects.postgresql import Insert as PostgresqlInsert
 from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.exc import SQLAlchemyError
@@ -33,7 +33,8 @@ def insert_rows(conn: Connection, first_id: int, time: datetime, events: Sequenc
 
 
 class OnConflict(Backend):
-    """An engine with ``INSERT ... ON CONFLICT`` (SQLite, PostgreSQL)."""
+    """An engine with ``INSERT ... ON CONFLICT`` and ``DELETE ... RETURNING`` (SQLite,
+    PostgreSQL)."""
 
     insert: Callable[[Any], SqliteInsert | PostgresqlInsert]
     """The dialect's ``insert`` construct."""
@@ -46,6 +47,16 @@ class OnConflict(Backend):
             .returning(IdempotencyKey.key)
         ).first()
         return claimed is not None
+
+    def delete_events(
+        self, conn: Connection, where: ColumnElement[bool], *, limit: int | None
+    ) -> Sequence[Row[int, str]]:
+        doomed = delete(Event).where(where)
+        if limit is not None:
+            doomed = delete(Event).where(
+                Event.id.in_(select(Event.id).where(where).order_by(Event.id).limit(limit).scalar_subquery())
+            )
+        return conn.execute(doomed.returning(Event.id, Event.stream)).all()
 
     def raise_pruned(self, conn: Connection, highest: dict[str, int]) -> None:
         upsert = self.insert(PrunedStream)

@@ -27,9 +27,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
+    Row,
     bindparam,
+    delete,
     create_engine,
     event,
     func,
@@ -139,6 +142,20 @@ class MySQL(Backend):
             insert(IdempotencyKey).prefix_with("IGNORE").values(key=key, fingerprint=fingerprint, time=now)
         )
         return claimed.rowcount == 1
+
+    def delete_events(
+        self, conn: Connection, where: ColumnElement[bool], *, limit: int | None
+    ) -> Sequence[Row[int, str]]:
+        # No DELETE ... RETURNING on MySQL, nor a LIMIT in an IN subquery: the rows are read
+        # first, locked, then deleted by their id range, which holds no others (nobody else
+        # deletes events, and the ones the locks hold cannot change).
+        query = select(Event.id, Event.stream).where(where).order_by(Event.id)
+        if limit is not None:
+            query = query.limit(limit)
+        rows = conn.execute(query.with_for_update()).all()
+        if rows:
+            conn.execute(delete(Event).where(where, Event.id.between(rows[0].id, rows[-1].id)))
+        return rows
 
     def raise_pruned(self, conn: Connection, highest: dict[str, int]) -> None:
         upsert = mysql.insert(PrunedStream)
