@@ -98,6 +98,10 @@ def fresh_mysql_database(prefix: str) -> Iterator[Engine]:
         admin.dispose()
 
 
+FRESH_DATABASES = {"postgresql": fresh_postgres_database, "mysql": fresh_mysql_database}
+"""A new, empty database of each server engine, by its ``database_url`` parameter."""
+
+
 @pytest.fixture(scope="session")
 def postgres_engine() -> Iterator[Engine]:
     """The run's migrated PostgreSQL database (shared by the run, emptied per test)."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Server, fresh_postgres_database, url_of
+from conftest import ENGINES, FRESH_DATABASES, Server, url_of
 from flask import Flask, request
 from flask_sqlalchemy import SQLAlchemy
 from helpers import Listener, wait_until
@@ -37,13 +37,13 @@ README_PATH = Path(__file__).resolve().parent.parent / "README.md"
 SLOW_POLL = 60  # so that only an announcement can deliver within the test's time
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=ENGINES)
 def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A brand-new, empty database on each backend."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'host.db'}"
         return
-    with fresh_postgres_database("eventlog_embed") as engine:
+    with FRESH_DATABASES[request.param]("eventlog_embed") as engine:
         yield url_of(engine)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import fresh_postgres_database
+from conftest import ENGINES, FRESH_DATABASES, fresh_postgres_database
 from sqlalchemy import Engine, event, insert, select, text, update
 
 from eventlog import EventFilter, NewEvent, StoredEvent
@@ -103,7 +103,7 @@ def test_time_filters_are_exact_at_ties_and_edges(engine: Engine) -> None:
     assert [e.id for e in newest_first.events] == [everything[3], everything[2]]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=ENGINES)
 def engine_at_0003(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """A database migrated to revision 0003, before times were ordered."""
     if request.param == "sqlite":
@@ -112,7 +112,7 @@ def engine_at_0003(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[E
         yield engine
         engine.dispose()
         return
-    with fresh_postgres_database("eventlog_times") as engine:
+    with FRESH_DATABASES[request.param]("eventlog_times") as engine:
         upgrade(engine, "0003")
         yield engine
 

@@ -13,7 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import (
+    ENGINES,
     EVENTLOG_BIN,
+    SERVER_ENGINES,
     Server,
     empty_database,
     server_env,
@@ -29,13 +31,13 @@ from eventlog.migrate import upgrade
 SSE = {"Accept": "text/event-stream"}
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=ENGINES)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server per backend for the module; tests use streams of their own."""
     if request.param == "sqlite":
         url = sqlite_database(tmp_path_factory.mktemp("live"))
     else:
-        engine = request.getfixturevalue("postgres_engine")
+        engine = request.getfixturevalue(SERVER_ENGINES[request.param])
         empty_database(engine)
         url = url_of(engine)
     server = Server(free_port(), server_env(url, HEARTBEAT_SECONDS=1, RETRY_MS=500, POLL_SECONDS=0.5), [])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from conftest import fresh_postgres_database, url_of
+from conftest import ENGINES, FRESH_DATABASES, fresh_postgres_database, url_of
 from sqlalchemy import Engine, inspect, text
 
 from eventlog import create_app
@@ -17,7 +17,7 @@ from eventlog.migrate import VERSION_TABLE, current, downgrade, head, upgrade
 from eventlog.models import Base
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=ENGINES)
 def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """An engine on a brand-new, empty database."""
     if request.param == "sqlite":
@@ -25,7 +25,7 @@ def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Eng
         yield engine
         engine.dispose()
         return
-    with fresh_postgres_database("eventlog_migrations") as engine:
+    with FRESH_DATABASES[request.param]("eventlog_migrations") as engine:
         yield engine
 
 

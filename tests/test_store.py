@@ -32,7 +32,7 @@ def query(conn: Connection, where: EventFilter, *, limit: int) -> list[StoredEve
 
 @pytest.fixture
 def engine(database_url: str) -> Engine:
-    engine = make_engine(database_url, pool_size=12) if "postgresql" in database_url else make_engine(database_url)
+    engine = make_engine(database_url) if database_url.startswith("sqlite") else make_engine(database_url, pool_size=12)
     yield engine
     engine.dispose()
 
