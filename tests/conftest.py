@@ -170,6 +170,23 @@ def mysql_url(mysql_engine: Engine) -> str:
     return url_of(mysql_engine)
 
 
+@pytest.fixture(params=list(SERVER_ENGINES))
+def server_url(request: pytest.FixtureRequest) -> str:
+    """A migrated, empty database on each server engine (PostgreSQL, MariaDB), for the
+    tests of a cluster: several servers on one database."""
+    engine = request.getfixturevalue(SERVER_ENGINES[request.param])
+    empty_database(engine)
+    return url_of(engine)
+
+
+def proxy_to(database_url: str) -> CuttableProxy:
+    """A proxy in front of the database server of ``database_url`` that a test may cut or
+    black-hole (``helpers.through`` gives a database URL by way of it)."""
+    url = make_url(database_url)
+    default_port = 5432 if url.get_backend_name() == "postgresql" else 3306
+    return CuttableProxy(url.port or default_port, url.host or "127.0.0.1", http=False)
+
+
 @pytest.fixture
 def database_proxy(postgres_url: str) -> Iterator[CuttableProxy]:
     """A proxy in front of the test's PostgreSQL that the test may cut or black-hole

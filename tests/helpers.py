@@ -447,7 +447,7 @@ def through(proxy: CuttableProxy, database_url: str, name: str | None = None) ->
     """``database_url`` by way of ``proxy``; with ``name``, its sessions carry it as their
     application_name (in pg_stat_activity)."""
     url = make_url(database_url).set(host="127.0.0.1", port=proxy.port)
-    if name is not None:
+    if name is not None and url.get_backend_name() == "postgresql":
         url = url.update_query_dict({"application_name": name})
     return url.render_as_string(hide_password=False)
 

@@ -172,7 +172,7 @@ def test_workers_of_one_server_get_even_shares_of_the_connections(
 
 
 def test_churning_subscribers_get_every_event_exactly_once_across_two_processes(
-    postgres_url: str, redis_url: str, redis_channel: str, start_server: StartServer
+    server_url: str, redis_url: str, redis_channel: str, start_server: StartServer
 ) -> None:
     """Invariant 3 under load: 8 threads publish ~1,600 events (singles and batches, three
     streams) through two processes while 32 subscribers on random processes drop their
@@ -185,7 +185,7 @@ def test_churning_subscribers_get_every_event_exactly_once_across_two_processes(
     settings = {
         "REDIS_CHANNEL": redis_channel, "HEARTBEAT_SECONDS": HEARTBEAT, "SUBSCRIBER_BUFFER": 16
     }
-    servers = [start_server(postgres_url, redis_url, **settings) for _ in range(2)]
+    servers = [start_server(server_url, redis_url, **settings) for _ in range(2)]
     urls = [s.url for s in servers]
     seed = random.randrange(1 << 30)
     churn = threading.Event()

@@ -1,7 +1,7 @@
 """Every fault of a production cluster in one run, and still no event lost, duplicated or
 out of order.
 
-Two ``eventlog serve`` processes share one PostgreSQL and a Redis of the test's own; each
+Two ``eventlog serve`` processes share one PostgreSQL (or MariaDB) and a Redis of the test's own; each
 reaches the database through a TCP proxy the test controls (``helpers.CuttableProxy``).
 While keyed publishers post through both and subscribers drop and resume at random on
 either, the test, one fault after the other: kills Redis and restarts it, kills one server
@@ -33,10 +33,9 @@ from cluster import (
     sse_path,
     wait_caught_up,
 )
-from conftest import RedisServer, Server
+from conftest import RedisServer, Server, proxy_to
 from helpers import SHORT_TIMEOUTS as TIMEOUTS
 from helpers import Attempt, CuttableProxy, KeyedPublisher, assert_stored_once, through, wait_until
-from sqlalchemy.engine import make_url
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -54,25 +53,24 @@ REDIS_DOWN = {"status": "degraded", "database": "ok", "redis": "unreachable"}
 
 
 @pytest.fixture
-def database_links(postgres_url: str) -> Iterator[list[CuttableProxy]]:
-    """Two proxies in front of the test's PostgreSQL, one per server."""
-    url = make_url(postgres_url)
-    proxies = [CuttableProxy(url.port or 5432, url.host or "127.0.0.1", http=False) for _ in range(2)]
+def database_links(server_url: str) -> Iterator[list[CuttableProxy]]:
+    """Two proxies in front of the test's database server, one per server."""
+    proxies = [proxy_to(server_url) for _ in range(2)]
     yield proxies
     for proxy in proxies:
         proxy.close()
 
 
 def test_no_fault_loses_duplicates_or_reorders_an_event(
-    postgres_url: str,
+    server_url: str,
     redis_server: RedisServer,
     database_links: list[CuttableProxy],
     start_server: StartServer,
 ) -> None:
     settings = {**TIMEOUTS, "HEARTBEAT_SECONDS": HEARTBEAT, "POLL_SECONDS": 1}
     a_link, b_link = database_links
-    a = start_server(through(a_link, postgres_url, "a"), redis_server.url, **settings)
-    b = start_server(through(b_link, postgres_url, "b"), redis_server.url, **settings)
+    a = start_server(through(a_link, server_url, "a"), redis_server.url, **settings)
+    b = start_server(through(b_link, server_url, "b"), redis_server.url, **settings)
     urls = [a.url, b.url]
     seed = random.randrange(1 << 30)
     churn = threading.Event()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import httpx
@@ -23,10 +25,11 @@ from conftest import (
     url_of,
 )
 from helpers import Listener, free_port, publish, wait_until
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 
 from eventlog.database import make_engine
 from eventlog.migrate import upgrade
+from eventlog.models import Counter
 
 SSE = {"Accept": "text/event-stream"}
 
@@ -167,40 +170,73 @@ def test_database_outage_ends_streams_with_200_so_clients_come_back(
     assert httpx.get(f"{server.url}/readyz").status_code == 503
 
 
-def test_a_query_waiting_on_postgresql_does_not_freeze_the_worker(
-    postgres_url: str, start_server: Callable[..., Server]
+HOLD_SECONDS = 2.0
+# The sessions of this test's database that wait for a lock, on each server engine.
+WAITING_ON_LOCKS = {
+    "postgresql": "SELECT count(*) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    "mysql": "SELECT count(*) FROM information_schema.innodb_trx AS t"
+    " JOIN information_schema.processlist AS p ON p.id = t.trx_mysql_thread_id"
+    " WHERE t.trx_state = 'LOCK WAIT' AND p.db = DATABASE()",
+}
+
+
+def test_a_query_waiting_on_the_database_does_not_freeze_the_worker(
+    server_url: str, start_server: Callable[..., Server]
 ) -> None:
-    """psycopg must yield to gevent: with one publish stuck on the counter's lock, the same
-    worker still answers other requests (a driver that blocks would freeze them all)."""
-    server = start_server(postgres_url)
-    engine = make_engine(postgres_url)
+    """The driver must yield to gevent (psycopg by itself, PyMySQL through gevent's patched
+    sockets): with one publish stuck on the counter's lock, the same worker still answers
+    other requests and keeps an open stream's heartbeats coming (a driver that blocks would
+    freeze them all for as long as the query waits)."""
+    server = start_server(server_url, HEARTBEAT_SECONDS=0.2)
+    engine = make_engine(server_url)
+    waiting = text(WAITING_ON_LOCKS[engine.dialect.name.replace("mariadb", "mysql")])
     result: dict[str, int] = {}
+    beats: list[float] = []
+    stop = threading.Event()
 
     def stuck_publish() -> None:
         result["status"] = httpx.post(f"{server.url}/streams/a/events", json={"data": 1}, timeout=30).status_code
 
+    def listen() -> None:
+        with contextlib.suppress(httpx.HTTPError), httpx.stream(
+            "GET", f"{server.url}/streams/b/events", headers=SSE, timeout=30
+        ) as response:
+            for line in response.iter_lines():
+                if line.startswith(": heartbeat"):
+                    beats.append(time.monotonic())
+                if stop.is_set():
+                    return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    wait_until(lambda: len(beats) >= 2)
     try:
         with engine.begin() as conn:
-            conn.execute(text("SELECT last_id FROM event_counter FOR UPDATE"))
+            conn.execute(select(Counter.last_id).with_for_update())
             publisher = threading.Thread(target=stuck_publish)
             publisher.start()
-            wait_until(lambda: waiting_on_locks(engine) == 1)
+            wait_until(lambda: _count(engine, waiting) == 1)
+            held_from = time.monotonic()
             started = time.monotonic()
             assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
             assert time.monotonic() - started < 1
+            time.sleep(HOLD_SECONDS)
             assert "status" not in result  # still waiting for the lock we hold
+            held_until = time.monotonic()
         publisher.join(timeout=10)
         assert result["status"] == 201
+        # Heartbeats every 0.2 s went on while the publish waited (a blocked worker sends none).
+        during = [t for t in beats if held_from <= t <= held_until]
+        assert len(during) >= HOLD_SECONDS / 0.2 / 2, during
     finally:
+        stop.set()
         engine.dispose()
 
 
-def waiting_on_locks(engine: Engine) -> int:
+def _count(engine: Engine, query: Any) -> int:
     with engine.connect() as conn:
-        return int(conn.execute(text(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )).scalar_one())
+        return int(conn.execute(query).scalar_one())
 
 
 def test_serve_migrates_a_fresh_database_first(

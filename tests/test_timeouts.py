@@ -9,12 +9,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Server
+from conftest import Server, proxy_to
 from flask import Flask
 from helpers import SHORT_TIMEOUTS, CuttableProxy, through, wait_until
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 
 from eventlog import EventLog, create_app
+from eventlog.database import make_engine
+from eventlog.models import Event
 
 pytestmark = pytest.mark.postgres
 
@@ -23,11 +25,19 @@ SECRET = "do-not-log-7f3a9c"  # in an event's data and in an Idempotency-Key
 
 
 
+@pytest.fixture
+def server_proxy(server_url: str) -> Iterator[CuttableProxy]:
+    proxy = proxy_to(server_url)
+    yield proxy
+    proxy.close()
+
+
 def test_database_down_is_a_503_within_the_bounds_and_logs_no_event_data(
-    postgres_url: str, database_proxy: CuttableProxy, start_server: StartServer, tmp_path: Path
+    server_url: str, server_proxy: CuttableProxy, start_server: StartServer, tmp_path: Path
 ) -> None:
+    database_proxy = server_proxy
     log = tmp_path / "server.log"
-    server = start_server(through(database_proxy, postgres_url), log=log, **SHORT_TIMEOUTS)
+    server = start_server(through(database_proxy, server_url), log=log, **SHORT_TIMEOUTS)
     bound = 2 * 2 + 1.5  # a reply and a connect timeout, and a margin for a busy machine
     with httpx.Client(base_url=server.url, timeout=30) as client:
         assert client.post("/streams/s/events", json={"data": 1}).status_code == 201
@@ -71,10 +81,11 @@ def test_database_down_is_a_503_within_the_bounds_and_logs_no_event_data(
 
 
 def test_a_black_holed_database_makes_readyz_a_503_within_the_bounds(
-    postgres_url: str, database_proxy: CuttableProxy, start_server: StartServer
+    server_url: str, server_proxy: CuttableProxy, start_server: StartServer
 ) -> None:
     """No answer at all (not even a reset): /readyz still answers 503 in a few seconds."""
-    server = start_server(through(database_proxy, postgres_url), **SHORT_TIMEOUTS)
+    database_proxy = server_proxy
+    server = start_server(through(database_proxy, server_url), **SHORT_TIMEOUTS)
     assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
     database_proxy.blackhole()
     for _ in range(2):  # on a kept connection, then on a new one
@@ -85,15 +96,27 @@ def test_a_black_holed_database_makes_readyz_a_503_within_the_bounds(
     database_proxy.heal()
 
 
+# How each server engine locks a table against reads, as a long migration would, and tells
+# the statement cap of a session.
+LOCK_TABLE = {
+    "postgresql": f"LOCK TABLE {Event.__tablename__} IN ACCESS EXCLUSIVE MODE",
+    "mysql": f"LOCK TABLES {Event.__tablename__} WRITE",
+}
+STATEMENT_CAP = {
+    "postgresql": ("SHOW statement_timeout", "5s"),
+    "mysql": ("SELECT @@max_statement_time", "5.0"),
+}
+
+
 @pytest.fixture
-def capped_app(postgres_url: str) -> Iterator[Flask]:
-    app = create_app({"EVENTLOG_DATABASE_URL": postgres_url, "EVENTLOG_AUDIT_TIMEOUT_SECONDS": 0.05})
+def capped_app(server_url: str) -> Iterator[Flask]:
+    app = create_app({"EVENTLOG_DATABASE_URL": server_url, "EVENTLOG_AUDIT_TIMEOUT_SECONDS": 0.05})
     yield app
     eventlog: EventLog = app.extensions["eventlog"]
     eventlog.close()
 
 
-def test_an_audit_query_over_its_time_cap_is_a_clear_503(capped_app: Flask, postgres_engine: Engine) -> None:
+def test_an_audit_query_over_its_time_cap_is_a_clear_503(capped_app: Flask, server_url: str) -> None:
     """An audit page that takes longer than its cap is cancelled there and answered with a
     503 that says how to narrow the query. The indexes serve every documented filter in
     about a page (test_event_times.py), so what runs long here is a wait: the table is
@@ -101,10 +124,15 @@ def test_an_audit_query_over_its_time_cap_is_a_clear_503(capped_app: Flask, post
     wait; the next read answers, and the cap stayed with that one read."""
     client = capped_app.test_client()
     assert client.post("/streams/s/events", json={"data": 1}).status_code == 201
-    with postgres_engine.connect() as locker:
-        locker.execute(text("LOCK TABLE events IN ACCESS EXCLUSIVE MODE"))
+    eventlog: EventLog = capped_app.extensions["eventlog"]
+    engine = eventlog.engine.dialect.name.replace("mariadb", "mysql")
+    locking = make_engine(server_url)
+    with locking.connect() as locker:
+        locker.execute(text(LOCK_TABLE[engine]))
         response = client.get("/events?since=2026-11-30T00:00:00Z")
         locker.rollback()
+        locker.invalidate()  # a table lock of MySQL ends with its session
+    locking.dispose()
     assert response.status_code == 503
     assert response.mimetype == "application/problem+json"
     problem = response.get_json()
@@ -114,6 +142,6 @@ def test_an_audit_query_over_its_time_cap_is_a_clear_503(capped_app: Flask, post
     answered = client.get("/events?since=2026-11-30T00:00:00Z&limit=5")
     assert answered.status_code == 200, answered.text
     assert [e["data"] for e in answered.get_json()["events"]] == [1]
-    eventlog: EventLog = capped_app.extensions["eventlog"]
     with eventlog.engine.connect() as conn:
-        assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "5s"
+        query, default = STATEMENT_CAP[engine]
+        assert str(conn.execute(text(query)).scalar_one()) == default

@@ -12,7 +12,8 @@ inserted in as many statements as that takes, in the same transaction, and an ev
 statement can carry is refused before the counter is touched (413).
 
 Every wait is bounded: ``connect_timeout``, ``read_timeout`` and ``write_timeout`` (the reply
-bound) on this side; ``innodb_lock_wait_timeout`` and the statement's time on the server
+bound) on this side; ``innodb_lock_wait_timeout`` (rows), ``lock_wait_timeout`` (a table's
+metadata, which a migration locks) and the statement's time on the server
 (``max_statement_time`` on MariaDB, ``max_execution_time`` on MySQL 8, which caps SELECTs
 only), and on MariaDB ``idle_transaction_timeout`` for a transaction whose client went quiet.
 PyMySQL is pure Python: under gevent its sockets are gevent's, so a query waits cooperatively.
@@ -202,7 +203,9 @@ def _session_settings(mariadb: bool, timeouts: Timeouts | None) -> str:
     """The SET statement that starts each of eventlog's sessions on this server."""
     settings = {"time_zone": "'+00:00'", "sql_mode": f"'{SQL_MODE}'"}
     if timeouts is not None:
-        settings["innodb_lock_wait_timeout"] = str(math.ceil(timeouts.lock) or UNBOUNDED_LOCK_WAIT)
+        lock = str(math.ceil(timeouts.lock) or UNBOUNDED_LOCK_WAIT)
+        # A row lock (the counter, a key), and a table's metadata lock (a migration's).
+        settings["innodb_lock_wait_timeout"] = settings["lock_wait_timeout"] = lock
         settings[_statement_cap(mariadb)] = _statement_value(mariadb, timeouts.statement)
         if mariadb:  # MySQL 8 has no bound on an idle transaction but wait_timeout's
             settings["idle_transaction_timeout"] = str(math.ceil(timeouts.idle_in_transaction))
