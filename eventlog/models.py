@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, Integer, MetaData, String
+from sqlalchemy import Index, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .engines.types import TABLE_OPTIONS, Data, Name, Time
+from .engines.types import TABLE_OPTIONS, Data, Id, Name, Time
 
 # Stable constraint names, so Alembic can find and change them on every backend.
 NAMING_CONVENTION = {
@@ -19,8 +19,6 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-# SQLite only auto-increments INTEGER; ids here are assigned by the counter anyway.
-Id = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):

@@ -149,7 +149,7 @@ def _bound(engine: Engine, timeouts: Timeouts) -> None:
     parameters = connection_parameters(timeouts)
     # Imported only now: psycopg picks how it waits at import, so a process that gevent
     # patches later (the gunicorn master's workers) must not have imported it yet.
-    from ..postgres import BoundedConnection
+    from .psycopg import BoundedConnection
 
     @event.listens_for(engine, "do_connect")
     def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:

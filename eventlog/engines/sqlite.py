@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, DateTime, Engine, bindparam, create_engine, event, func, update
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import URL
 
@@ -30,16 +30,15 @@ LOCK_WAIT_SECONDS = 30  # the write lock: SQLite has no other wait to bound
 # SQLite's words for a statement that names a table or column the database lacks.
 _MISSING_SCHEMA = ("no such table", "no such column", "has no column named")
 
-_TIME = bindparam("time", type_=DateTime(timezone=True))
+# Two statements: the first takes the write lock (if the transaction began deferred, as an
+# application's may), so the clock is read after it, under the lock.
 _ALLOCATE = (
     update(Counter)
     .where(Counter.id == COUNTER_ROW)
-    .values(
-        last_id=Counter.last_id + bindparam("count"),
-        last_time=func.max(func.coalesce(Counter.last_time, _TIME), _TIME),
-    )
+    .values(last_id=Counter.last_id + bindparam("count"))
     .returning(Counter.last_id, Counter.last_time)
 )
+_STAMP = update(Counter).where(Counter.id == COUNTER_ROW).values(last_time=bindparam("time"))
 
 
 class SQLite(OnConflict):
@@ -78,9 +77,12 @@ class SQLite(OnConflict):
         return None
 
     def store_events(self, conn: Connection, events: Sequence[NewEvent]) -> tuple[int, datetime]:
-        counter = conn.execute(_ALLOCATE, {"count": len(events), "time": datetime.now(UTC)}).one()
+        counter = conn.execute(_ALLOCATE, {"count": len(events)}).one()
         first_id = int(counter.last_id) - len(events) + 1
-        time = utc(counter.last_time)
+        time = datetime.now(UTC)
+        if counter.last_time is not None:
+            time = max(time, utc(counter.last_time))  # this host's clock stepped back
+        conn.execute(_STAMP, {"time": time})
         insert_rows(conn, first_id, time, events)
         return first_id, time
 

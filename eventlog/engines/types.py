@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, String, Text
+from sqlalchemy import BigInteger, DateTime, Integer, String, Text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -49,6 +49,9 @@ class Name(TypeDecorator[str]):
     def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
         return value.decode() if isinstance(value, bytes) else value
 
+
+Id = BigInteger().with_variant(Integer(), "sqlite")
+"""An event id (SQLite only auto-increments INTEGER; ids here come from the counter anyway)."""
 
 Data = Text().with_variant(mysql.LONGTEXT(), *MYSQL)
 """An event's JSON text (LONGTEXT on MySQL, whose TEXT stops at 64 KiB)."""

@@ -1,6 +1,6 @@
 """The psycopg connection of eventlog's PostgreSQL engines: it bounds the wait for an answer.
 
-Imported by ``database.make_engine`` only when it builds a PostgreSQL engine: psycopg picks
+Imported by ``postgresql.py`` only when it builds an engine: psycopg picks
 its wait function at import, and must do so after gevent has patched the process.
 """
 
