@@ -58,11 +58,11 @@ _INSERT = insert(Event)
 _STORE_POSTGRESQL = text(
     f"""
     WITH counter AS (
-        UPDATE event_counter
+        UPDATE eventlog_counter
         SET last_id = last_id + :count, last_time = greatest(last_time, clock_timestamp())
         WHERE id = {COUNTER_ROW} RETURNING last_id, last_time
     ), stored AS (
-        INSERT INTO events (id, stream, type, data, time)
+        INSERT INTO eventlog_events (id, stream, type, data, time)
         SELECT counter.last_id - :count + row.n, row.value ->> 0, row.value ->> 1,
                row.value ->> 2, counter.last_time
         FROM counter, json_array_elements(CAST(:rows AS json)) WITH ORDINALITY AS row(value, n)

@@ -86,8 +86,8 @@ def url_of(engine: Engine) -> str:
 
 def empty_postgres(engine: Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE events, idempotency_keys, pruned_streams"))
-        conn.execute(text("UPDATE event_counter SET last_id = 0, last_time = NULL"))
+        conn.execute(text("TRUNCATE eventlog_events, eventlog_idempotency_keys, eventlog_pruned_streams"))
+        conn.execute(text("UPDATE eventlog_counter SET last_id = 0, last_time = NULL"))
 
 
 def sqlite_database(folder: Path) -> str:

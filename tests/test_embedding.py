@@ -347,7 +347,7 @@ def test_a_row_the_hub_cannot_send_does_not_stop_later_events(
     assert plain.connected.wait(10) and envelope.connected.wait(10)
     engine = make_engine(database_url)
     with engine.begin() as conn:  # written straight into the table, past every check
-        last = conn.execute(text("UPDATE event_counter SET last_id = last_id + 1 RETURNING last_id")).scalar_one()
+        last = conn.execute(text("UPDATE eventlog_counter SET last_id = last_id + 1 RETURNING last_id")).scalar_one()
         conn.execute(
             insert(Event).values(id=last, stream="bad", type="line\nfeed", data="1", time=datetime.now(UTC))
         )

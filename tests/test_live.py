@@ -179,7 +179,7 @@ def test_a_query_waiting_on_postgresql_does_not_freeze_the_worker(
 
     try:
         with engine.begin() as conn:
-            conn.execute(text("SELECT last_id FROM event_counter FOR UPDATE"))
+            conn.execute(text("SELECT last_id FROM eventlog_counter FOR UPDATE"))
             publisher = threading.Thread(target=stuck_publish)
             publisher.start()
             wait_until(lambda: waiting_on_locks(engine) == 1)

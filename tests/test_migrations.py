@@ -36,7 +36,7 @@ def test_upgrade_matches_models_and_downgrade_empties(empty_engine: Engine) -> N
     with empty_engine.connect() as conn:
         differences = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True, "version_table": VERSION_TABLE}), Base.metadata)
         assert differences == []
-        assert conn.execute(text("SELECT last_id FROM event_counter")).scalar_one() == 0
+        assert conn.execute(text("SELECT last_id FROM eventlog_counter")).scalar_one() == 0
     downgrade(empty_engine, "base")
     assert current(empty_engine) is None
     assert set(inspect(empty_engine).get_table_names()) <= {VERSION_TABLE}
@@ -69,5 +69,55 @@ def test_a_database_behind_this_version_says_so_until_upgraded(
         with empty_engine.begin() as conn:
             conn.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = 'f00d'"))
         assert client.get("/readyz").status_code == 200
+    finally:
+        app.extensions["eventlog"].close()
+
+
+# --- 0005: the tables move to names of their own ----------------------------------------------
+
+OLD_LOG = [
+    "INSERT INTO events (id, stream, type, data, time) VALUES"
+    " (1, 'orders', 'created', '{\"order\": 1}', '2026-12-01 09:00:00+00:00'),"
+    " (2, 'users', 'message', '[1,2]', '2026-12-01 09:00:01+00:00'),"
+    " (5, 'orders', 'paid', '\"x\"', '2026-12-01 09:00:02+00:00')",
+    "UPDATE event_counter SET last_id = 5, last_time = '2026-12-01 09:00:02+00:00'",
+    "INSERT INTO idempotency_keys (key, fingerprint, first_id, last_id, time) VALUES"
+    " ('order-1', 'f1', 1, 1, '2026-12-01 09:00:00+00:00')",
+    "INSERT INTO pruned_streams (stream, pruned_through) VALUES ('users', 4)",
+]
+
+
+def test_0005_moves_an_old_log_with_every_event_id_key_and_bound(empty_engine: Engine) -> None:
+    """A log under the old names (0004) comes out of the upgrade under eventlog_* names with
+    every row as it was, named as the models name things (so autogenerate is clean), and
+    goes on where it stopped: the next id, the same key's first result, the pruned bound."""
+    upgrade(empty_engine, "0004")
+    with empty_engine.begin() as conn:
+        for statement in OLD_LOG:
+            conn.execute(text(statement))
+    upgrade(empty_engine)
+
+    inspector = inspect(empty_engine)
+    assert set(inspector.get_table_names()) == {table.name for table in Base.metadata.tables.values()} | {VERSION_TABLE}
+    for table in Base.metadata.tables.values():
+        if empty_engine.dialect.name == "postgresql":  # SQLite does not report the name back
+            assert inspector.get_pk_constraint(table.name)["name"] == f"pk_{table.name}"
+        assert {i["name"] for i in inspector.get_indexes(table.name)} == {i.name for i in table.indexes}
+    with empty_engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True, "version_table": VERSION_TABLE})
+        assert compare_metadata(context, Base.metadata) == []
+
+    app = create_app({"EVENTLOG_DATABASE_URL": url_of(empty_engine)})
+    client = app.test_client()
+    try:
+        log = client.get("/events").get_json()["events"]
+        assert [(e["id"], e["stream"], e["type"], e["data"]) for e in log] == [
+            (1, "orders", "created", {"order": 1}), (2, "users", "message", [1, 2]), (5, "orders", "paid", "x"),
+        ]
+        assert client.get("/events?stream=users").get_json()["pruned_through"] == 4
+        assert client.post("/streams/orders/events", json={"data": 6}).get_json()["id"] == 6
+        with empty_engine.connect() as conn:
+            key = conn.execute(text("SELECT key, fingerprint, first_id, last_id FROM eventlog_idempotency_keys"))
+            assert key.all() == [("order-1", "f1", 1, 1)]
     finally:
         app.extensions["eventlog"].close()

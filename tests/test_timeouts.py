@@ -102,7 +102,7 @@ def test_an_audit_query_over_its_time_cap_is_a_clear_503(capped_app: Flask, post
     client = capped_app.test_client()
     assert client.post("/streams/s/events", json={"data": 1}).status_code == 201
     with postgres_engine.connect() as locker:
-        locker.execute(text("LOCK TABLE events IN ACCESS EXCLUSIVE MODE"))
+        locker.execute(text("LOCK TABLE eventlog_events IN ACCESS EXCLUSIVE MODE"))
         response = client.get("/events?since=2026-11-30T00:00:00Z")
         locker.rollback()
     assert response.status_code == 503
