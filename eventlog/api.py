@@ -5,6 +5,9 @@ HTTP only: no SQL, no sockets. Mount it in any app that has an ``EventLog``::
     events = EventLog(app)
     app.register_blueprint(eventlog.blueprint, url_prefix="/eventlog")
 
+It brings the browser files along (``assets.py``: ``/eventlog.js``, ``/console``, ...), under
+the same prefix.
+
 Its limits (``EVENTLOG_MAX_REQUEST_BYTES``), its access control (a token per request once a
 key is configured, ``auth.py``), its CORS headers and its problem+json errors cover its own
 routes only; the host app's other routes and error pages stay as they are.
@@ -30,7 +33,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, NotFound
 
-from . import metrics, sse
+from . import assets, metrics, sse
 from .auth import EVERY_STREAM, Rights
 from .body import decode_json
 from .errors import EventlogError, InvalidRequest, SchemaBehind, UnsupportedMediaType, problem
@@ -223,6 +226,8 @@ def handle_error(error: Exception) -> Response:
 
 
 blueprint.register_error_handler(Exception, handle_error)
+# The browser files come with the API: one registration gives a host app everything.
+blueprint.register_blueprint(assets.blueprint)
 
 
 # PostgreSQL's undefined_table and undefined_column; SQLite's words for the same.

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.exceptions import HTTPException
 
-from . import api, assets
+from . import api
 from .config import from_environment
 from .extension import EventLog
 
@@ -20,7 +20,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     The database schema is not touched here; ``eventlog serve`` migrates before it starts
     workers, and ``eventlog db upgrade`` does it as a deploy step.
     """
-    app = Flask("eventlog", static_folder=None)  # eventlog/static is served by assets.py
+    app = Flask("eventlog", static_folder=None)  # eventlog/static is served by the blueprint
     app.config.update(from_environment())
     if test_config is not None:
         app.config.update(test_config)
@@ -29,7 +29,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # reaching a loopback server, say) is a 400 on every route.
     app.config["TRUSTED_HOSTS"] = events.settings.trusted_hosts()
     app.register_blueprint(api.blueprint)
-    app.register_blueprint(assets.blueprint)
     # Here the whole app is eventlog's: routing errors (404, 405) are problem+json too.
     app.register_error_handler(HTTPException, api.handle_error)
     return app
