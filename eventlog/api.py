@@ -31,11 +31,12 @@ from flask import Blueprint, Response, request
 from flask.blueprints import BlueprintSetupState
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.exceptions import HTTPException, NotFound, SecurityError
 
 from . import assets, metrics, sse
 from .auth import EVERY_STREAM, Rights
 from .body import decode_json
+from .config import key_of
 from .errors import EventlogError, InvalidRequest, SchemaBehind, UnsupportedMediaType, problem
 from .events import StoredEvent, check_name
 from .extension import EXTENSION_KEY, current_eventlog
@@ -199,6 +200,12 @@ def handle_error(error: Exception) -> Response:
     if isinstance(error, EventlogError):
         body = error.problem()
         headers.update(error.headers())
+    elif isinstance(error, SecurityError):  # the Host check of the standalone app
+        body = problem(
+            400, "Host not allowed",
+            f"this server does not answer to that Host name; list it in {key_of('allowed_hosts')}",
+            slug="host-not-allowed",
+        )
     elif isinstance(error, HTTPException):
         body = problem(error.code or 500, error.name, error.description or error.name)
         # Keep what the client needs to act on, such as Allow on a 405.

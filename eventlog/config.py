@@ -72,7 +72,7 @@ class Settings:
 
     def trusted_hosts(self) -> list[str] | None:
         """``allowed_hosts`` as Flask's ``TRUSTED_HOSTS``: None (any host) for ``*``."""
-        hosts = [host.strip() for host in self.allowed_hosts.split(",") if host.strip()]
+        hosts = [host.strip().lower() for host in self.allowed_hosts.split(",") if host.strip()]
         return None if ANY_HOST in hosts else hosts
     # Every wait on the database, in seconds (PostgreSQL; ARCHITECTURE.md "Every wait is
     # bounded" says what each bounds). 0 leaves that wait unbounded.
