@@ -7,11 +7,11 @@ PostgreSQL chose for each combination of stream, type, after/before, since and u
 both orders. Fill the database first, e.g. with one million rows over 30 streams, 10 types
 and 30 days:
 
-    INSERT INTO events (id, stream, type, data, time)
+    INSERT INTO eventlog_events (id, stream, type, data, time)
     SELECT n, 'stream-' || (n % 30), 'type-' || (n % 10), '{"n":' || n || '}',
            timestamptz '2026-11-01' + n * interval '2.592 seconds'
     FROM generate_series(1, 1000000) AS n;
-    UPDATE event_counter SET last_id = 1000000, last_time = (SELECT max(time) FROM events);
+    UPDATE eventlog_counter SET last_id = 1000000, last_time = (SELECT max(time) FROM eventlog_events);
     ANALYZE events;
 """
 

@@ -45,14 +45,14 @@ def load(database_url: str, count: int) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         for days, first in ((3, 1), (2, count + 1)):
             conn.execute(
-                "INSERT INTO events (id, stream, type, data, time)"
+                "INSERT INTO eventlog_events (id, stream, type, data, time)"
                 " SELECT g, 'old-' || (g %% %(streams)s), 'order-created',"
                 " '{\"n\":' || g || ',\"sku\":\"ABC-123\",\"qty\":2,\"note\":\"benchmark event\"}',"
                 " now() - make_interval(days => %(days)s) + g * interval '1 microsecond'"
                 " FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g",
                 {"streams": STREAMS, "days": days, "first": first, "last": first + count - 1},
             )
-        conn.execute("UPDATE event_counter SET last_id = %s", (2 * count,))
+        conn.execute("UPDATE eventlog_counter SET last_id = %s", (2 * count,))
         conn.execute("VACUUM ANALYZE events")
 
 

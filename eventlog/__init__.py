@@ -1,7 +1,8 @@
 """eventlog: a replayable event log served as Server-Sent Events and a JSON audit API.
 
 The public surface: the extension and the standalone app, the blueprint that mounts the HTTP
-API in a host app, the event types, and the errors. Everything else is internal.
+API in a host app, the event types, the errors, and the hook that keeps a host app's
+autogenerate off eventlog's tables. Everything else is internal.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .errors import (
 )
 from .events import EventFilter, NewEvent, StoredEvent
 from .extension import EventLog
+from .migrate import include_name
 from .store import Appended, Page
 
 __all__ = [
@@ -41,4 +43,5 @@ __all__ = [
     "UnsupportedMediaType",
     "blueprint",
     "create_app",
+    "include_name",
 ]

@@ -5,6 +5,9 @@ HTTP only: no SQL, no sockets. Mount it in any app that has an ``EventLog``::
     events = EventLog(app)
     app.register_blueprint(eventlog.blueprint, url_prefix="/eventlog")
 
+It brings the browser files along (``assets.py``: ``/eventlog.js``, ``/console``, ...), under
+the same prefix.
+
 Its limits (``EVENTLOG_MAX_REQUEST_BYTES``), its access control (a token per request once a
 key is configured, ``auth.py``), its CORS headers and its problem+json errors cover its own
 routes only; the host app's other routes and error pages stay as they are.
@@ -26,11 +29,12 @@ from urllib.parse import urlencode
 from flask import Blueprint, Response, request
 from flask.blueprints import BlueprintSetupState
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.exceptions import HTTPException, NotFound, SecurityError
 
-from . import metrics, sse
+from . import assets, metrics, sse
 from .auth import EVERY_STREAM, Rights
 from .body import decode_json
+from .config import key_of
 from .database import classify
 from .errors import (
     DatabaseUnavailable,
@@ -202,6 +206,12 @@ def handle_error(error: Exception) -> Response:
     if isinstance(error, EventlogError):
         body = error.problem()
         headers.update(error.headers())
+    elif isinstance(error, SecurityError):  # the Host check of the standalone app
+        body = problem(
+            400, "Host not allowed",
+            f"this server does not answer to that Host name; list it in {key_of('allowed_hosts')}",
+            slug="host-not-allowed",
+        )
     elif isinstance(error, HTTPException):
         body = problem(error.code or 500, error.name, error.description or error.name)
         # Keep what the client needs to act on, such as Allow on a 405.
@@ -219,6 +229,8 @@ def handle_error(error: Exception) -> Response:
 
 
 blueprint.register_error_handler(Exception, handle_error)
+# The browser files come with the API: one registration gives a host app everything.
+blueprint.register_blueprint(assets.blueprint)
 
 
 def _database_failure(error: Exception) -> Exception:

@@ -8,6 +8,8 @@ database) is one line naming the setting or the command to run, with exit status
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import re
 import subprocess
 import sys
@@ -24,7 +26,7 @@ from tqdm import tqdm
 from . import body as strict_json
 from .app import create_app
 from .auth import Rights, TokenAuth
-from .config import Settings, from_environment, is_loopback, key_of
+from .config import COMMAND_KEYS, KEYS, Settings, from_environment, is_loopback, key_of, unknown_names
 from .database import backend_of
 from .errors import ConfigError, EventlogError
 from .events import EventFilter
@@ -32,6 +34,7 @@ from .extension import EXTENSION_KEY, EventLog, current_eventlog
 from .query import parse_audit_query
 from .sse import DEFAULT_TYPE
 
+log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -68,6 +71,10 @@ def main(ctx: click.Context) -> None:
     Settings come from EVENTLOG_* environment variables (see the README); by default the
     log is the SQLite file ./eventlog.db with in-process notifications.
     """
+
+    if ctx.invoked_subcommand != "serve":  # which says it in its log's format
+        for warning in unknown_names(os.environ, KEYS + COMMAND_KEYS).values():
+            log.warning("%s", warning)
 
     def load() -> Flask:
         app = create_app()
@@ -132,6 +139,8 @@ def serve(
     except ConfigError as error:
         raise click.ClickException(error.detail) from None
     notes = [] if auth is not None else [_open_access_warning(host, port, insecure)]
+    unknown = unknown_names(os.environ, KEYS + COMMAND_KEYS)
+    notes += unknown.values()
     if workers > 1 and not settings.redis_url:
         notes.append(
             "without EVENTLOG_REDIS_URL each worker learns of the others' events"
@@ -149,12 +158,17 @@ def serve(
     # forked workers would block a whole worker on every query. The child prints its own
     # one-line error. -P: import eventlog as installed, not a checkout that is the cwd.
     step = "upgrade" if migrate else "check"
-    if subprocess.run([sys.executable, "-P", "-m", "eventlog", "db", step]).returncode != 0:
+    # Without the unknown names, which this process warns about itself. Its answer on stdout
+    # joins the line that says the server listens, in the log's format.
+    environment = {name: value for name, value in os.environ.items() if name not in unknown}
+    child = [sys.executable, "-P", "-m", "eventlog", "db", step]
+    checked = subprocess.run(child, env=environment, stdout=subprocess.PIPE, text=True)
+    if checked.returncode != 0:
         sys.exit(1)
     # Logged once the server listens, so a failed start stays one line.
     run_server(
         host, port, workers, connections, log_level=log_level, access_log=access_log,
-        log_format=log_format, notes=notes,
+        log_format=log_format, notes=notes, database=checked.stdout.strip(),
     )
 
 

@@ -7,16 +7,19 @@ behind ``EVENTLOG_``. An app that embeds eventlog keeps its own keys (``DATABASE
 ``MAX_CONTENT_LENGTH``, ...) to itself: only ``EVENTLOG_`` keys are read, none is written.
 
 Every setting is checked once, when the extension is set up, so a bad value stops the
-process at start with a message naming the key instead of failing on some later request.
+process at start with a message naming the key instead of failing on some later request,
+and an ``EVENTLOG_*`` name that is no setting (a typo) is warned about, once, with the
+closest known name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy.engine import URL, make_url
@@ -73,7 +76,7 @@ class Settings:
 
     def trusted_hosts(self) -> list[str] | None:
         """``allowed_hosts`` as Flask's ``TRUSTED_HOSTS``: None (any host) for ``*``."""
-        hosts = [host.strip() for host in self.allowed_hosts.split(",") if host.strip()]
+        hosts = [host.strip().lower() for host in self.allowed_hosts.split(",") if host.strip()]
         return None if ANY_HOST in hosts else hosts
     # Every wait on the database, in seconds (PostgreSQL; ARCHITECTURE.md "Every wait is
     # bounded" says what each bounds). 0 leaves that wait unbounded.
@@ -128,6 +131,32 @@ def key_of(name: str) -> str:
 
 KEYS = tuple(key_of(field.name) for field in dataclasses.fields(Settings))
 """Every setting's config key, in the table's order."""
+
+
+COMMAND_KEYS = (
+    "EVENTLOG_HOST", "EVENTLOG_PORT", "EVENTLOG_WORKERS", "EVENTLOG_WORKER_CONNECTIONS",
+    "EVENTLOG_INSECURE", "EVENTLOG_LOG_LEVEL", "EVENTLOG_ACCESS_LOG", "EVENTLOG_LOG_FORMAT",
+    "EVENTLOG_TOKEN",
+)
+"""The environment variables the command line reads for its options (cli.py), beside KEYS."""
+TEST_PREFIX = "EVENTLOG_TEST_"
+"""The test suite's own variables (README, Development)."""
+_warned: set[str] = set()
+
+
+def unknown_names(names: Iterable[str], known: Collection[str] = KEYS) -> dict[str, str]:
+    """The ``EVENTLOG_*`` names in ``names`` that are not in ``known``, each with a warning
+    naming the closest known one; each name once per process (later calls leave it out)."""
+    suffixes = [key.removeprefix(PREFIX) for key in known]
+    warnings = {}
+    for name in sorted(set(names)):
+        if not name.startswith(PREFIX) or name.startswith(TEST_PREFIX) or name in known or name in _warned:
+            continue
+        _warned.add(name)
+        closest = difflib.get_close_matches(name.removeprefix(PREFIX), suffixes, n=1)
+        hint = f"; did you mean {PREFIX}{closest[0]}?" if closest else ""
+        warnings[name] = f"{name} is not an eventlog setting and is ignored{hint}"
+    return warnings
 
 
 def from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:

@@ -13,6 +13,7 @@ context its only app's); a second ``init_app`` on the same app is refused.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Session, scoped_session
 
 from . import metrics, migrate
 from .auth import TokenAuth
-from .config import Settings, key_of
+from .config import Settings, key_of, unknown_names
 from .database import Timeouts, backend_of, make_engine
 from .errors import ConfigError, IdempotencyConflict, QueryTooLong
 from .events import EventFilter, NewEvent, StoredEvent
@@ -49,6 +50,7 @@ from .transaction import announce_after_commit
 from .validation import parse_events
 from .writer import Writer
 
+log = logging.getLogger(__name__)
 EXTENSION_KEY = "eventlog"
 
 DatabaseSession = Session | scoped_session[Session] | Connection
@@ -119,7 +121,10 @@ class EventLog:
                 "EventLog is already registered on this app; create it once and import it"
                 " where it is needed"
             )
-        self._states[app] = _State(Settings.from_config(app.config))
+        settings = Settings.from_config(app.config)
+        for warning in unknown_names(app.config).values():
+            log.warning("%s", warning)
+        self._states[app] = _State(settings)
         app.extensions[EXTENSION_KEY] = self
         from .cli import flask_group  # the CLI builds on this module
 

@@ -106,10 +106,24 @@ def _log_request(
     )
 
 
-def logging_config(format: str, level: str = "info") -> dict[str, Any]:
+class ListeningAddress(logging.Filter):
+    """Fills in the address of gunicorn's "Listening at:" line, which names the sockets its
+    master holds: none when the workers bind their own (SO_REUSEPORT, several workers)."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__()
+        self.address = address
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Listening at: %s (%s)" and isinstance(record.args, tuple) and not record.args[0]:
+            record.args = (self.address, *record.args[1:])
+        return True
+
+
+def logging_config(format: str, level: str = "info", address: str = "") -> dict[str, Any]:
     """The ``logging.config.dictConfig`` of the server's processes: every line (eventlog's,
     gunicorn's) from ``level`` up on stderr with time and level, as text or one JSON object
-    per line."""
+    per line; ``address`` is what the server listens on."""
     formatter: dict[str, Any] = (
         {
             "()": "pythonjsonlogger.json.JsonFormatter",
@@ -124,6 +138,7 @@ def logging_config(format: str, level: str = "info") -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"eventlog": formatter},
+        "filters": {"listening": {"()": ListeningAddress, "address": address}},
         "handlers": {
             "stderr": {"class": "logging.StreamHandler", "formatter": "eventlog", "stream": "ext://sys.stderr"}
         },
@@ -131,7 +146,7 @@ def logging_config(format: str, level: str = "info") -> dict[str, Any]:
         "loggers": {
             # gunicorn's own lines go through the same handler; its access log stays off
             # (``eventlog.access`` is the one that knows what to leave out).
-            "gunicorn.error": {"handlers": [], "propagate": True},  # its level: --log-level
+            "gunicorn.error": {"handlers": [], "propagate": True, "filters": ["listening"]},  # its level: --log-level
             "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
         },
     }

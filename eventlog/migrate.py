@@ -4,11 +4,15 @@ eventlog keeps its revision in a version table of its own, ``eventlog_alembic_ve
 its migrations live beside an application's own (Flask-Migrate's ``alembic_version``) in
 one database. A database migrated before that table existed has eventlog's revision in
 ``alembic_version``; the first upgrade moves it over, and leaves any other revision there.
+
+Every table of eventlog's is named ``eventlog_...``, so an application's own autogenerate
+can leave them all alone with one rule, ``include_name`` below.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from importlib.resources import files
 
 from alembic import command
@@ -27,8 +31,20 @@ from sqlalchemy import (
     text,
 )
 
-VERSION_TABLE = "eventlog_alembic_version"
+TABLE_PREFIX = "eventlog_"
+"""The prefix of every table eventlog owns, its version table included."""
+VERSION_TABLE = f"{TABLE_PREFIX}alembic_version"
 LEGACY_VERSION_TABLE = "alembic_version"
+
+
+def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
+    """Alembic's ``include_name`` hook for an application that embeds eventlog: its
+    autogenerate then leaves eventlog's tables (``eventlog_*``) alone, which eventlog
+    migrates itself. With Flask-Migrate::
+
+        migrate = Migrate(app, db, include_name=eventlog.include_name)
+    """
+    return not (type_ == "table" and name is not None and name.startswith(TABLE_PREFIX))
 
 
 def alembic_config(engine: Engine | None = None) -> Config:

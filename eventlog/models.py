@@ -28,7 +28,7 @@ class Base(DeclarativeBase):
 class Event(Base):
     """One stored event. ``data`` holds the event's JSON text exactly as it is sent out."""
 
-    __tablename__ = "events"
+    __tablename__ = "eventlog_events"
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)
     stream: Mapped[str] = mapped_column(Name(200))
@@ -38,11 +38,11 @@ class Event(Base):
 
     __table_args__ = (
         # Each audit filter reads in id order from an index (see migration 0002).
-        Index("ix_events_stream_id", "stream", "id"),
+        Index("ix_eventlog_events_stream_id", "stream", "id"),
         # Times never decrease along ids, so a time bound is an id bound found here.
-        Index("ix_events_time_id", "time", "id"),
-        Index("ix_events_type_id", "type", "id"),
-        Index("ix_events_stream_type_id", "stream", "type", "id"),
+        Index("ix_eventlog_events_time_id", "time", "id"),
+        Index("ix_eventlog_events_type_id", "type", "id"),
+        Index("ix_eventlog_events_stream_type_id", "stream", "type", "id"),
         TABLE_OPTIONS,
     )
 
@@ -56,7 +56,7 @@ class Counter(Base):
     time is taken no earlier than ``last_time``, so times never decrease along ids.
     """
 
-    __tablename__ = "event_counter"
+    __tablename__ = "eventlog_counter"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     last_id: Mapped[int] = mapped_column(Id)
@@ -68,7 +68,7 @@ class Counter(Base):
 class IdempotencyKey(Base):
     """The first result of a publish made with an ``Idempotency-Key`` header."""
 
-    __tablename__ = "idempotency_keys"
+    __tablename__ = "eventlog_idempotency_keys"
 
     key: Mapped[str] = mapped_column(Name(255), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(64))
@@ -77,7 +77,7 @@ class IdempotencyKey(Base):
     time: Mapped[datetime] = mapped_column(Time())
 
     # Retention deletes a key with its first event: it looks keys up by that id.
-    __table_args__ = (Index("ix_idempotency_keys_first_id", "first_id"), TABLE_OPTIONS)
+    __table_args__ = (Index("ix_eventlog_idempotency_keys_first_id", "first_id"), TABLE_OPTIONS)
 
 
 class PrunedStream(Base):
@@ -87,7 +87,7 @@ class PrunedStream(Base):
     finds the bound that covers it: a resume point or an audit page below it is told so.
     """
 
-    __tablename__ = "pruned_streams"
+    __tablename__ = "eventlog_pruned_streams"
 
     stream: Mapped[str] = mapped_column(Name(200), primary_key=True)
     pruned_through: Mapped[int] = mapped_column(Id)

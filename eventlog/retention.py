@@ -8,7 +8,7 @@ stream up to its newest event beyond the count. Both delete at most ``BATCH`` id
 statement, each batch its own short transaction, then pause as long as the batch took, so
 publishers, the hubs and replays keep their pace however much there is to delete.
 
-Each batch, in its transaction, also raises ``pruned_streams`` to the highest id it deleted
+Each batch, in its transaction, also raises ``eventlog_pruned_streams`` to the highest id it deleted
 of each stream and deletes the idempotency keys whose first event it deleted: a key lives as
 long as its events, and a retry with a pruned key stores its events anew. The counter row is
 never touched, and no row a publisher writes is locked: publishing never waits on a prune.

@@ -128,11 +128,12 @@ class _Written:
 
 def serve(
     host: str, port: int, workers: int, connections: int, *, log_level: str = "info",
-    access_log: bool = False, log_format: str = "text", notes: Sequence[str] = (),
+    access_log: bool = False, log_format: str = "text", notes: Sequence[str] = (), database: str = "",
 ) -> None:
     """Run the server in the foreground until it is told to stop; ``access_log`` writes a
-    line per request to stderr; ``notes`` are logged as warnings once it listens (in the
-    log's format, like every other line)."""
+    line per request to stderr; ``notes`` are logged as warnings once it listens, and
+    ``database`` (its revision) on the line that says so (in the log's format, like every
+    other line)."""
     _raise_open_file_limit(connections + 100)
     # The default allowed hosts are the loopback names, right for a loopback bind; bound
     # elsewhere, the server cannot know the names it is reached by. The workers inherit this.
@@ -144,7 +145,7 @@ def serve(
     owned = _metrics_directory()
     master = os.getpid()
     try:
-        _server(host, port, workers, connections, log_level, log_format, notes, access_log).run()
+        _server(host, port, workers, connections, log_level, log_format, notes, database, access_log).run()
     finally:
         # A worker leaves through here too (gunicorn ends it with SystemExit): only the master
         # may remove the directory every worker still writes to.
@@ -176,16 +177,21 @@ def _worker_exited(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
-def _ready(server: Any, notes: Sequence[str]) -> None:
+def _ready(server: Any, notes: Sequence[str], database: str) -> None:
     """gunicorn's when_ready hook: the address really listened on, once it is."""
-    # With SO_REUSEPORT the workers bind sockets of their own, and the master holds none.
-    addresses = ", ".join(
-        [str(listener) for listener in server.LISTENERS] or [_url(a) for a in server.cfg.address]
-    )
     workers = server.cfg.workers
-    log.info("eventlog listening on %s (%d worker%s)", addresses, workers, "" if workers == 1 else "s")
+    log.info(
+        "eventlog listening on %s (%d worker%s)%s", _addresses(server), workers,
+        "" if workers == 1 else "s", f", {database}" if database else "",
+    )
     for note in notes:
         log.warning("%s", note)
+
+
+def _addresses(server: Any) -> str:
+    """The addresses ``server`` (gunicorn's arbiter) listens on."""
+    # With SO_REUSEPORT the workers bind sockets of their own, and the master holds none.
+    return ", ".join([str(listener) for listener in server.LISTENERS] or [_url(a) for a in server.cfg.address])
 
 
 def _url(address: tuple[str, int] | str) -> str:
@@ -197,7 +203,7 @@ def _url(address: tuple[str, int] | str) -> str:
 
 def _server(
     host: str, port: int, workers: int, connections: int, log_level: str, log_format: str,
-    notes: Sequence[str], access_log: bool,
+    notes: Sequence[str], database: str, access_log: bool,
 ) -> Server:
     return Server(
         access_log,
@@ -219,9 +225,9 @@ def _server(
             # connection, and the split was lopsided (ARCHITECTURE.md, "Serving").
             "reuse_port": workers > 1,
             "loglevel": log_level,
-            "logconfig_dict": logging_config(log_format, log_level),
+            "logconfig_dict": logging_config(log_format, log_level, _url((host, port))),
             "child_exit": _worker_exited,
-            "when_ready": functools.partial(_ready, notes=notes),
+            "when_ready": functools.partial(_ready, notes=notes, database=database),
         }
     )
 

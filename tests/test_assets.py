@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+from urllib.parse import urljoin
+
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
+
+import eventlog
+from eventlog import EventLog
 
 
 @pytest.mark.parametrize(
@@ -36,3 +44,23 @@ def test_the_module_is_the_script_with_an_export_footer(client: FlaskClient) -> 
 
 def test_flask_serves_no_second_copy_under_static(client: FlaskClient) -> None:
     assert client.get("/static/eventlog.js").status_code == 404
+
+
+def test_one_registration_serves_the_browser_files_under_the_prefix(tmp_path: Path) -> None:
+    """An app that embeds eventlog registers one blueprint and gets eventlog.js and the
+    console too, and the console's own files and API calls stay under the prefix."""
+    app = Flask("host")
+    app.config["EVENTLOG_DATABASE_URL"] = f"sqlite:///{tmp_path / 'host.db'}"
+    events = EventLog(app)
+    app.register_blueprint(eventlog.blueprint, url_prefix="/eventlog")
+    client = app.test_client()
+    try:
+        for path in ("/eventlog/console", "/eventlog/eventlog.js", "/eventlog/eventlog.mjs"):
+            assert client.get(path).status_code == 200, path
+        assert client.get("/eventlog.js").status_code == 404  # the host's own root stays its own
+        console = client.get("/eventlog/console").get_data(as_text=True)
+        for reference in re.findall(r'(?:src|href)="([^"]+)"', console):
+            assert not reference.startswith("/"), reference
+            assert client.get(urljoin("/eventlog/console", reference)).status_code == 200, reference
+    finally:
+        events.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,12 @@ from browser_harness import (  # noqa: F401 (browser, server and proxy are fixtu
     wait_for_subscribers,
 )
 from conftest import Server
-from helpers import publish
+from flask import Flask
+from helpers import publish, wait_until
+from werkzeug.serving import make_server
+
+import eventlog
+from eventlog import EventLog
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page, Route
@@ -284,3 +290,39 @@ def test_console_shows_live_events_pages_the_log_and_publishes(
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
     finally:
         context.close()
+
+
+def test_the_console_works_under_a_host_apps_prefix(browser: Browser, tmp_path: Path) -> None:
+    """A host app that registers eventlog's one blueprint under /eventlog: the console there
+    loads its files, watches a stream live, publishes and browses, all under the prefix."""
+    app = Flask("host")
+    app.config["EVENTLOG_DATABASE_URL"] = f"sqlite:///{tmp_path / 'host.db'}"
+    events = EventLog(app)
+    app.register_blueprint(eventlog.blueprint, url_prefix="/eventlog")
+    with app.app_context():
+        events.upgrade()
+    host = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=host.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{host.server_port}/eventlog"
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        failed: list[str] = []
+        page.on("response", lambda response: response.status >= 400 and failed.append(response.url))
+        page.goto(f"{base}/console")
+        page.fill("#streams", "embedded")
+        page.click("#watch button[type=submit]")
+        page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('watching')")
+        wait_until(lambda: httpx.get(f"{base}/healthz").json()["subscribers"] == 1)
+        page.fill("#publish-form input[name=stream]", "embedded")
+        page.fill("#publish-form textarea[name=data]", '{"via": "form"}')
+        page.click("#publish-form button[type=submit]")
+        page.wait_for_selector('#events li[data-id="1"]', timeout=WAIT_MS)
+        page.fill("#audit-form input[name=stream]", "embedded")
+        page.click("#audit-form button[type=submit]")
+        page.wait_for_selector('#audit-rows tr[data-id="1"]', timeout=WAIT_MS)
+        assert failed == []
+    finally:
+        context.close()
+        host.shutdown()
+        events.close()

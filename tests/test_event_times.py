@@ -127,7 +127,7 @@ def test_upgrade_orders_the_times_already_stored(engine_at_0003: Engine) -> None
     ]
     with engine_at_0003.begin() as conn:
         conn.execute(insert(Event.__table__), rows)
-        conn.execute(text("UPDATE event_counter SET last_id = 6"))
+        conn.execute(text("UPDATE eventlog_counter SET last_id = 6"))
 
     upgrade(engine_at_0003)
 
@@ -167,7 +167,7 @@ def filled_postgres() -> Iterator[Engine]:
             conn.execute(
                 text(
                     """
-                    INSERT INTO events (id, stream, type, data, time)
+                    INSERT INTO eventlog_events (id, stream, type, data, time)
                     SELECT n, 'stream-' || (n % 30), 'type-' || (n % 10), '{"n":' || n || '}',
                            :start + n * :spacing
                     FROM generate_series(1, :rows) AS n
@@ -176,7 +176,7 @@ def filled_postgres() -> Iterator[Engine]:
                 {"start": START, "spacing": SPACING, "rows": ROWS},
             )
             conn.execute(
-                text("UPDATE event_counter SET last_id = :rows, last_time = (SELECT max(time) FROM events)"),
+                text("UPDATE eventlog_counter SET last_id = :rows, last_time = (SELECT max(time) FROM eventlog_events)"),
                 {"rows": ROWS},
             )
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:

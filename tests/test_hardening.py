@@ -16,6 +16,7 @@ import pytest
 from conftest import Server, sqlite_database
 from flask.testing import FlaskClient
 
+from eventlog import create_app
 from eventlog.server import is_loopback
 
 PUBLISH = "/streams/orders/events"
@@ -244,8 +245,9 @@ def test_unknown_host_is_refused(server: Server) -> None:
     response = httpx.get(f"{server.url}/events", headers={"Host": "evil.example"})
     assert response.status_code == 400
     assert response.headers["content-type"] == "application/problem+json"
-    assert "not trusted" in response.json()["detail"]
-    for host in (f"localhost:{server.port}", f"127.0.0.1:{server.port}", "localhost"):
+    assert response.json()["type"] == "tag:eventlog,2026:problem:host-not-allowed"
+    assert "EVENTLOG_ALLOWED_HOSTS" in response.json()["detail"]
+    for host in (f"localhost:{server.port}", f"127.0.0.1:{server.port}", "localhost", "LOCALHOST", "LocalHost:1"):
         assert httpx.get(f"{server.url}/healthz", headers={"Host": host}).status_code == 200
 
 
@@ -261,3 +263,14 @@ def test_any_host_when_allowed(tmp_path: Path, start_server: Callable[..., Serve
 )
 def test_the_default_hosts_follow_the_bind_address(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_host_names_compare_case_insensitively(tmp_path: Path) -> None:
+    app = create_app({"EVENTLOG_DATABASE_URL": sqlite_database(tmp_path), "EVENTLOG_ALLOWED_HOSTS": "Events.Example.com"})
+    client = app.test_client()
+    try:
+        for host in ("events.example.com", "EVENTS.EXAMPLE.COM:443"):
+            assert client.get("/healthz", headers={"Host": host}).status_code == 200, host
+        assert client.get("/healthz", headers={"Host": "other.example.com"}).status_code == 400
+    finally:
+        app.extensions["eventlog"].close()

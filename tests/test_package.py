@@ -13,7 +13,7 @@ def test_public_names_are_pinned() -> None:
     assert sorted(eventlog.__all__) == [
         "Appended", "ConfigError", "EventFilter", "EventLog", "EventlogError", "Forbidden",
         "IdempotencyConflict", "InvalidRequest", "NewEvent", "Page", "PayloadTooLarge", "QueryTooLong",
-        "StoredEvent", "Unauthorized", "UnsupportedMediaType", "blueprint", "create_app",
+        "StoredEvent", "Unauthorized", "UnsupportedMediaType", "blueprint", "create_app", "include_name",
     ]
     assert all(hasattr(eventlog, name) for name in eventlog.__all__)
 

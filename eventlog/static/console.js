@@ -8,6 +8,8 @@ const $ = (id) => document.getElementById(id);
 const MAX_ROWS = 500; // the live list keeps the newest rows only, so a busy stream stays cheap
 const CHART_SECONDS = 60;
 const COLOURS = ["#2f6fde", "#e67e22", "#1e8e5a", "#8e44ad", "#c0392b", "#16a085", "#7f8c8d"];
+// The API sits beside the page (/console, or /eventlog/console in an app that embeds eventlog).
+const API = new URL(".", location.href).href;
 
 /** The token field's value, or null. */
 function token() {
@@ -85,6 +87,7 @@ function watch(streams) {
   $("events").replaceChildren();
   live.counts.clear();
   live.sub = eventlog.subscribe(streams, onEvent, {
+    url: API,
     token: () => token(),
     onError: (error) => setStatus($("status"), `connection failed (${error.status ?? "network"}), ${error.retrying ? "retrying" : "stopped"}`, "bad"),
     onReset: (info) => setStatus($("status"), `the server reset the position to ${info.head}`, "bad"),
@@ -161,7 +164,7 @@ function auditUrl(form) {
   for (const [name, value] of new FormData(form)) {
     for (const part of String(value).split(/[\s,]+/).filter(Boolean)) params.append(name, part);
   }
-  return "/events?" + params;
+  return API + "events?" + params;
 }
 
 async function loadPage(url) {
@@ -210,7 +213,7 @@ $("publish-form").addEventListener("submit", async (e) => {
   if (form.get("type").trim()) body.type = form.get("type").trim();
   const stream = encodeURIComponent(form.get("stream").trim());
   try {
-    const stored = await api(`/streams/${stream}/events`, {
+    const stored = await api(`${API}streams/${stream}/events`, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
     setStatus($("publish-status"), `stored as #${stored.id} at ${stored.time}`, "good");

@@ -124,6 +124,20 @@
     return url.href;
   }
 
+  /**
+   * What a 404 from the stream URL means, in words a person can act on: the client is not
+   * asking an eventlog server (most often the page's own origin, while eventlog runs on
+   * another or under a prefix). Still retried: a proxy may answer 404 during a deploy.
+   */
+  function notFound(url) {
+    const where = url.split("?")[0];
+    return new Error(
+      `eventlog: ${where} answered 404 Not Found, so no eventlog server is there. If eventlog ` +
+      "runs on another origin or under a prefix, pass its base URL as the url option: " +
+      'eventlog.subscribe(streams, onEvent, {url: "https://events.example.com/"}).',
+    );
+  }
+
   /** `url` with `params` added to its query. */
   function withParams(url, params) {
     const result = new URL(url);
@@ -213,11 +227,14 @@
    * `onEvent(event)` once per event, in id order, with `event = {id, stream, type, data, time}`.
    *
    * Options:
-   * - `url`: the server's base URL (default: this page's origin);
+   * - `url`: the server's base URL, where its `/events` is (default: this page's origin), e.g.
+   *   "https://events.example.com/" on another origin, or "/eventlog/" under an app's prefix;
    * - `key`: the storage key, lock and channel name (default: derived from the events URL);
    * - `token()`: returns the access token (or a Promise of it) for `?access_token=`; called
    *   before every connection attempt, so again after a 401/403;
-   * - `onError({status, error, retrying})`: a failed attempt (status null if none came back);
+   * - `onError({status, error, retrying})`: a failed attempt (status null if none came back;
+   *   on a 404, `error.message` says the URL is not an eventlog server's and how to fix it;
+   *   without onError, that 404 is told once on the console);
    * - `onReset({requested, oldest, head})`: the server could not resume from this position
    *   and goes on from `head` (default: console.warn);
    * - `retry`, `maxRetry`: the first and the largest reconnection delay in ms (the server's
@@ -247,7 +264,13 @@
       pending: Promise.resolve(), // deliveries run one after another, in arrival order
     };
     const onReset = options.onReset || ((info) => console.warn("eventlog: stream reset", info));
-    const onError = options.onError || (() => {});
+    let warned = false;
+    // Without an onError of the app's, a wrong URL is still told once, on the console.
+    const onError = options.onError || (({ status, error }) => {
+      if (status !== 404 || warned) return;
+      warned = true;
+      console.warn(error.message);
+    });
     const canShare =
       options.share !== false && platform.locks && platform.BroadcastChannel;
     const channel = canShare ? new platform.BroadcastChannel(key) : null;
@@ -407,6 +430,7 @@
         if (status === null && error === null) {
           attempt = 0; // the server ended a healthy stream: come back after `retry`
         }
+        if (status === 404) error = notFound(state.url);
         // 400 is the server's "this request can never succeed"; 401/403 only can with a new token.
         const final = status === 400 || ((status === 401 || status === 403) && !options.token);
         if (status !== null || error !== null) onError({ status, error, retrying: !final });

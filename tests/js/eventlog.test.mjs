@@ -282,3 +282,36 @@ test("without Web Locks each tab has a connection of its own", async () => {
   await until(() => server.open.length === 2, "two connections");
   subs.forEach((s) => s.close());
 });
+
+test("a 404 from the stream URL says, through onError, that no eventlog server is there and how to point at one", async () => {
+  const server = new FakeServer({ log: [stored(1)], answers: [404, "stream"] });
+  const errors = [];
+  const { sub } = subscribeTab(server, ["orders"], { onError: (e) => errors.push(e), retry: 5 });
+  try {
+    await until(() => server.open.length === 1, "the connection after the 404");
+  } finally {
+    sub.close();
+  }
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0].status, 404);
+  assert.equal(errors[0].retrying, true); // a proxy may answer 404 while the app deploys
+  const message = errors[0].error?.message;
+  assert.match(message, /http:\/\/eventlog\.test\/events answered 404/);
+  assert.match(message, /\{url: "https:\/\/events\.example\.com\/"\}/);
+});
+
+test("without onError, a 404 is told once on the console", async () => {
+  const server = new FakeServer({ log: [stored(1)], answers: [404, 404, "stream"] });
+  const warnings = [];
+  const warn = console.warn;
+  console.warn = (...args) => warnings.push(args.join(" "));
+  try {
+    const { sub } = subscribeTab(server, ["orders"], { retry: 5 });
+    await until(() => server.open.length === 1, "the connection after the 404s");
+    sub.close();
+  } finally {
+    console.warn = warn;
+  }
+  assert.equal(warnings.length, 1);
+  assert.match(warnings[0], /answered 404 Not Found, so no eventlog server is there/);
+});
