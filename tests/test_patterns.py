@@ -8,6 +8,7 @@ import itertools
 import json
 import random
 import threading
+import time
 from datetime import UTC, datetime
 from collections.abc import Iterator
 from pathlib import Path
@@ -215,9 +216,12 @@ def test_a_pattern_is_read_from_the_stream_index(eventlog: EventLog) -> None:
 
 
 def read_until(stream: Iterator[bytes], last_id: int) -> list[Message]:
+    """Decode the stream after its ``retry:`` line until the event ``last_id`` arrives."""
     decoder, messages = Decoder(), []
+    deadline = time.monotonic() + 20
     while not any(m.id == str(last_id) and m.event != "reset" for m in messages):
-        messages += decoder.feed(next(stream))
+        assert time.monotonic() < deadline, f"event {last_id} did not arrive; got {messages}"
+        messages += decoder.feed(next(stream))  # a heartbeat at least every 0.2 s
     return messages
 
 
