@@ -7,15 +7,19 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import subprocess
 import threading
 import time
 from datetime import UTC, datetime
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from auth_tokens import AUDIENCE, SECRET, claims, hs256
+from conftest import EVENTLOG_BIN, Server, server_env
+from helpers import Listener, publish, wait_until
 from click.testing import CliRunner
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, select, text
@@ -234,17 +238,17 @@ def test_a_pattern_stream_gets_its_events_once_in_order_across_handover_and_reco
     streams = ["user.42.x", "user.42.y.z", "user.420.x", "user.42", "other"]
     selected = ["user.42.*", "user.42.x", "other"]
 
-    def publish(count: int) -> None:
+    def publish_some(count: int) -> None:
         for n in range(count):
             eventlog.publish_batch(rng.choice(streams), [{"data": n}] * rng.choice([1, 1, 3]))
 
-    publish(30)
+    publish_some(30)
     got: list[Message] = []
     resume = 0
     for _ in range(4):
         stream = event_stream(eventlog.engine, eventlog.hub, selected, resume, retry_ms=100,
                               envelope=True, page_size=rng.choice([1, 2, 5]))
-        publisher = threading.Thread(target=publish, args=(20,))
+        publisher = threading.Thread(target=publish_some, args=(20,))
         publisher.start()
         next(stream)  # subscribed: the replay is next, while the publisher runs
         publisher.join()
@@ -341,3 +345,52 @@ def test_a_pattern_needs_a_right_that_covers_it(
                 assert (data in sent) is wanted, stream
     finally:
         live.close()
+
+
+# --- real servers ------------------------------------------------------------------------
+
+
+def test_pattern_stream_across_servers_a_reconnect_and_a_prune(
+    database_url: str, redis_url: str, redis_channel: str, start_server: Callable[..., Server]
+) -> None:
+    """Two ``eventlog serve`` processes that hear each other only through Redis (their polls
+    are a minute apart). A pattern subscriber on one gets what the other stores, once, in
+    order; it hangs up, events are published and pruned, and it comes back to the other
+    server with Last-Event-ID: a reset for the events pruned, then what is kept, then live."""
+    settings = {"REDIS_CHANNEL": redis_channel, "POLL_SECONDS": 60, "HEARTBEAT_SECONDS": 0.5}
+    first = start_server(database_url, redis_url, **settings)
+    second = start_server(database_url, redis_url, **settings)
+    selected = "stream=user.42.*&stream=other"
+    streams = ["user.42.a", "user.42.b.c", "user.420.a", "user.42", "other"]
+    rng = random.Random(8)
+
+    def matching(events: list[dict[str, Any]]) -> list[int]:
+        return [e["id"] for e in events if any(matches(p, e["stream"]) for p in ("user.42.*", "other"))]
+
+    listener = Listener(f"{first.url}/events?{selected}")
+    assert listener.connected.wait(10)
+    published = [publish(second.url, rng.choice(streams), n) for n in range(30)]
+    wait_until(lambda: listener.ids() == matching(published))
+    frames = [json.loads(m.data) for m in listener.messages]
+    assert [f["stream"] for f in frames] == [e["stream"] for e in published if e["id"] in listener.ids()]
+    listener.close()
+    last = listener.ids()[-1]
+
+    missed = [publish(first.url, s, 0) for s in ("user.42.a", "user.420.a", "user.42.a", "user.42.a", "user.42.b.c")]
+    env = server_env(database_url, RETAIN_EVENTS=2)
+    pruned = subprocess.run([str(EVENTLOG_BIN), "prune"], env=env, capture_output=True, text=True, timeout=60)
+    assert pruned.returncode == 0, pruned.stderr
+    kept = httpx.get(f"{second.url}/events?{selected}&after={last}").json()["events"]
+    assert missed[0]["id"] not in {e["id"] for e in kept}  # user.42.a kept its newest two
+
+    listener = Listener(f"{second.url}/events?{selected}", last_event_id=last)
+    assert listener.connected.wait(10)
+    live = [publish(first.url, s, 1) for s in ("user.420.a", "other", "user.42.b.c")]
+    wait_until(lambda: listener.ids() == matching(kept) + matching(live))
+    listener.close()
+    reset = listener.messages[0]
+    oldest = httpx.get(f"{second.url}/events?{selected}&limit=1").json()["events"][0]["id"]
+    assert reset.event == "reset" and reset.id == str(last)
+    body = json.loads(reset.data)  # the head when the replay began: live events may be in
+    assert body["requested"] == last and body["oldest"] == oldest and body["head"] >= missed[-1]["id"]
+    assert [m.event for m in listener.messages].count("reset") == 1
