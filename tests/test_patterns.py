@@ -32,7 +32,7 @@ from eventlog.events import matches, selection
 from eventlog.models import Event
 from eventlog.retention import Policy, prune
 from eventlog.sse import Decoder, Message
-from eventlog.store import oldest, pruned_above, read_page
+from eventlog.store import head, oldest, pruned_above
 from eventlog.stream import event_stream
 
 SSE = "text/event-stream"
@@ -192,28 +192,68 @@ def plan(engine: Engine, streams: tuple[str, ...], after: int) -> str:
 
     query = select(Event.id).where(*_conditions(EventFilter(streams=streams, after=after))).order_by(Event.id).limit(1001)
     compiled = query.compile(engine, compile_kwargs={"literal_binds": True})
-    explain = "EXPLAIN" if engine.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN"
+    explain = "EXPLAIN QUERY PLAN" if engine.dialect.name == "sqlite" else "EXPLAIN"
     with engine.connect() as conn:
-        return "\n".join(str(row[-1]) for row in conn.execute(text(f"{explain} {compiled}")))
+        return "\n".join(" ".join(map(str, row)) for row in conn.execute(text(f"{explain} {compiled}")))
+
+
+def fill_for_plans(engine: Engine) -> None:
+    """8,000 events over 8,000 streams user.<n>.<k>, and the statistics the planner uses."""
+    rows = [{"stream": f"user.{n}.{k}", "data": "0"} for n in range(400) for k in range(20)]
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    with engine.begin() as conn:
+        first = head(conn) + 1  # the counter stays behind: no one publishes after this
+        conn.execute(
+            Event.__table__.insert(),
+            [{"id": first + i, "type": "message", "time": moment, **r} for i, r in enumerate(rows)],
+        )
+        analyze = "ANALYZE" if engine.dialect.name in ("sqlite", "postgresql") else f"ANALYZE TABLE {Event.__table__.name}"
+        conn.execute(text(analyze))
+
+
+def assert_served_by_the_stream_index(engine: Engine) -> None:
+    found = plan(engine, ("user.42.*",), 0)
+    assert f"ix_{Event.__table__.name}_stream" in found, found  # (stream, id) or (stream, type, id)
+    if engine.dialect.name == "postgresql":
+        assert "Index Cond" in found and "'user.42.'" in found and "'user.42/'" in found, found
+    elif engine.dialect.name == "sqlite":
+        assert "stream>? AND stream<?" in found, found
+    else:
+        assert " range " in found, found
 
 
 def test_a_pattern_is_read_from_the_stream_index(eventlog: EventLog) -> None:
-    """The range a pattern becomes is an index range on (stream, id), on SQLite and on
-    PostgreSQL: a LIKE would scan (PostgreSQL needs text_pattern_ops for it)."""
-    rows = [{"stream": f"user.{n}.{k}", "data": "0"} for n in range(400) for k in range(20)]
-    engine = eventlog.engine
-    with engine.begin() as conn:
-        conn.execute(
-            Event.__table__.insert(),
-            [{"id": i + 1, "type": "message", "time": datetime(2026, 1, 1, tzinfo=UTC), **r} for i, r in enumerate(rows)],
-        )
-        conn.execute(text("ANALYZE"))
-    found = plan(engine, ("user.42.*",), 0)
-    assert "ix_events_stream_id" in found or "ix_events_stream_type_id" in found, found
-    if engine.dialect.name == "postgresql":
-        assert "Index Cond" in found and "'user.42.'" in found, found
-    else:
-        assert "stream>? AND stream<?" in found, found
+    """The range a pattern becomes is an index range on (stream, id), on every database: a
+    LIKE would scan on PostgreSQL (it needs text_pattern_ops there) and SQLite (case-blind)."""
+    fill_for_plans(eventlog.engine)
+    assert_served_by_the_stream_index(eventlog.engine)
+
+
+def test_a_pattern_is_a_prefix_on_postgresql_with_a_linguistic_collation() -> None:
+    """A database created with an ICU locale sorts orders.A1 between orders.a and orders.b:
+    without the byte order migration 0004a gives the stream column, orders.A* read orders.b
+    and orders.a*, orders.A1. The index still serves the range."""
+    from conftest import fresh_postgres_database, url_of
+
+    from eventlog import create_app
+
+    icu = "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+    with fresh_postgres_database("eventlog_icu", icu) as engine:
+        app = create_app({"EVENTLOG_DATABASE_URL": url_of(engine)})
+        events: EventLog = app.extensions["eventlog"]
+        try:
+            events.upgrade()
+            streams = ["orders.a1", "orders.A1", "orders.b", "orders.B", "orders-a", "orders:a",
+                       "orders.a", "orders._x", "orders..y", "ordersa"]
+            for stream in streams:
+                events.publish(stream, 0)
+            for pattern in ("orders.a*", "orders.A*", "orders.*", "orders*", "orders.b*", "orders._*"):
+                got = [e.stream for e in events.events(EventFilter(streams=(pattern,)))]
+                assert got == [s for s in streams if matches(pattern, s)], pattern
+            fill_for_plans(events.engine)
+            assert_served_by_the_stream_index(events.engine)
+        finally:
+            events.close()
 
 
 # --- live streams ------------------------------------------------------------------------
