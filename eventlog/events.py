@@ -1,4 +1,6 @@
-"""The event types: what goes into the log, what comes out, and which events a reader wants.
+"""The event types: what goes into the log, what comes out, and which events a reader wants
+(``EventFilter``, whose streams may be patterns: ``matches`` is the one definition of what a
+pattern selects, for SQL, the hub and rights alike).
 
 A leaf module (it imports only the pure SSE format, the strict JSON parser and the errors). Each type checks its
 invariants when it is built, whatever the entry point (HTTP, the CLI, an application's own
