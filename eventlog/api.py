@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, NotFound, SecurityError
 
 from . import assets, metrics, sse
-from .auth import EVERY_STREAM, Rights
+from .auth import Rights
 from .body import decode_json
 from .config import key_of
 from .database import classify
@@ -44,7 +44,7 @@ from .errors import (
     UnsupportedMediaType,
     problem,
 )
-from .events import StoredEvent, check_name
+from .events import EVERY_STREAM, StoredEvent, check_name, selection
 from .extension import EXTENSION_KEY, current_eventlog
 from .http_auth import URL_TOKEN, add_cors_headers, request_token, take_url_tokens
 from .logs import ACCESS, Access
@@ -144,10 +144,12 @@ def stream_events(stream: str) -> Response:
 
 @blueprint.get("/events")
 def all_events() -> Response:
-    """Events of the given streams (all streams if none): live SSE, or a JSON audit page.
+    """Events of the given streams and stream patterns (all streams if none): live SSE, or
+    a JSON audit page.
 
     Live frames here carry the whole stored event as data, so each names its stream."""
-    streams = [check_name(s, "stream name") for s in request.args.getlist("stream")]
+    # Names and patterns (user.42.*); ``*`` among them, like none at all, reads every stream.
+    streams = list(selection(request.args.getlist("stream")))
     rights = _rights()
     rights.require_subscribe(streams)
     if _wants_event_stream():

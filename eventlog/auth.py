@@ -7,11 +7,12 @@ A token's rights are its ``eventlog`` claim::
 
     {"eventlog": {"publish": ["orders"], "subscribe": ["user.42.*", "broadcast"]}}
 
-Each entry is a stream pattern: an exact stream name, a literal prefix followed by ``*``
-(``user.42.*`` matches ``user.42.inbox`` and ``user.42.inbox.archive``: one or more
-characters after ``user.42.``, so never ``user.420.inbox``), or ``*`` for every stream.
-``subscribe`` covers live streams and audit queries; all streams at once (no ``stream``
-given) needs ``*``.
+Each entry is a stream pattern (``events.matches``, the one definition readers share): an
+exact stream name, a literal prefix followed by ``*`` (``user.42.*`` matches ``user.42.inbox``
+and ``user.42.inbox.archive``: one or more characters after ``user.42.``, so never
+``user.420.inbox``), or ``*`` for every stream. ``subscribe`` covers live streams and audit
+queries, which may name patterns too: a granted pattern must cover the requested one (the
+same ``matches`` decides); all streams at once (no ``stream`` given) needs ``*``.
 
 The accepted algorithms are pinned by the kind of key, never taken from the token: HS256
 with a shared secret; with a public key only what that key type signs (RS256 for RSA,
@@ -22,7 +23,6 @@ carry ``exp``: an open stream ends then.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,21 +35,10 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from .config import Settings, key_of
 from .errors import ConfigError, Forbidden, InvalidRequest, Unauthorized
+from .events import EVERY_STREAM, PATTERN, is_prefix, matches
 
 CLAIM = "eventlog"
-EVERY_STREAM = "*"
 MAX_PATTERNS = 1000  # per right: a claim is read on every request, keep it small
-_PATTERN = re.compile(r"\*|[A-Za-z0-9._:-]{1,200}\*?")
-
-
-def matches(pattern: str, stream: str) -> bool:
-    """Whether one (valid) pattern covers ``stream``."""
-    if pattern == EVERY_STREAM:
-        return True
-    if pattern.endswith("*"):
-        prefix = pattern[:-1]
-        return stream.startswith(prefix) and len(stream) > len(prefix)
-    return stream == pattern
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +56,13 @@ class Rights:
             raise Forbidden(f"this token may not publish to stream {stream!r}", stream=stream)
 
     def require_subscribe(self, streams: Sequence[str]) -> None:
-        """Raise Forbidden unless the token may read every one of ``streams`` (empty: all)."""
+        """Raise Forbidden unless the token may read every one of ``streams`` (names or
+        patterns; empty: all).
+
+        A pattern needs one granted pattern that covers every stream it can match: with
+        ``user.42.*`` granted, ``user.42.*`` and ``user.42.orders.*`` may be read, ``user.*``
+        may not, even where no stream outside ``user.42.`` exists yet.
+        """
         if not streams:
             if EVERY_STREAM not in self.subscribe:
                 raise Forbidden(
@@ -78,7 +73,8 @@ class Rights:
             return
         for stream in streams:
             if not any(matches(p, stream) for p in self.subscribe):
-                raise Forbidden(f"this token may not read stream {stream!r}", stream=stream)
+                what = "every stream of the pattern" if is_prefix(stream) else "stream"
+                raise Forbidden(f"this token may not read {what} {stream!r}", stream=stream)
 
 
 class TokenAuth:
@@ -186,7 +182,7 @@ def _rights(claim: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
         if not isinstance(patterns, list) or len(patterns) > MAX_PATTERNS:
             raise Unauthorized(f"{CLAIM}.{name} must be a list of at most {MAX_PATTERNS} patterns")
         for pattern in patterns:
-            if not isinstance(pattern, str) or not _PATTERN.fullmatch(pattern):
+            if not isinstance(pattern, str) or not PATTERN.fullmatch(pattern):
                 raise Unauthorized(
                     f"{CLAIM}.{name} holds a malformed pattern: use a stream name, a prefix"
                     " ending in '*', or '*'"

@@ -270,7 +270,9 @@ def audit_options(command: F) -> F:
         return command(where=audit.where, newest_first=audit.newest_first, **rest)
 
     options = [
-        click.option("--stream", multiple=True, help="Only this stream (repeatable)."),
+        click.option(
+            "--stream", multiple=True, help="Only this stream, or pattern like 'user.42.*' (repeatable)."
+        ),
         click.option("--type", "types", multiple=True, help="Only this event type (repeatable)."),
         click.option("--after", type=int, help="Only ids greater than this."),
         click.option("--before", type=int, help="Only ids less than this."),

@@ -1,4 +1,6 @@
-"""The event types: what goes into the log, what comes out, and which events a reader wants.
+"""The event types: what goes into the log, what comes out, and which events a reader wants
+(``EventFilter``, whose streams may be patterns: ``matches`` is the one definition of what a
+pattern selects, for SQL, the hub and rights alike).
 
 A leaf module (it imports only the pure SSE format, the strict JSON parser and the errors). Each type checks its
 invariants when it is built, whatever the entry point (HTTP, the CLI, an application's own
@@ -13,6 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from collections.abc import Iterable
 from typing import Any
 
 from . import body as strict_json
@@ -20,6 +23,9 @@ from .errors import InvalidRequest, PayloadTooLarge
 from .sse import DEFAULT_TYPE
 
 NAME = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+PATTERN = re.compile(r"\*|[A-Za-z0-9._:-]{1,200}\*?")
+"""A stream pattern, as tokens grant and readers select: a name, a prefix ending in ``*``, or ``*``."""
+EVERY_STREAM = "*"
 RESET_TYPE = "reset"
 """The type of the server's own signal that a resume point could not be served exactly."""
 MAX_ID = 2**63 - 1  # ids are signed 64-bit integers in the table
@@ -33,6 +39,72 @@ def check_name(value: str, what: str) -> str:
             f"{what} {shown!r} is invalid: use 1-200 characters of A-Z a-z 0-9 . _ : -"
         )
     return value
+
+
+def check_pattern(value: str) -> str:
+    """Return ``value`` if it is a valid stream pattern (see :func:`matches`), else raise
+    InvalidRequest."""
+    if not isinstance(value, str) or not PATTERN.fullmatch(value):
+        shown = value[:50] if isinstance(value, str) else value
+        raise InvalidRequest(
+            f"stream name or pattern {shown!r} is invalid: use 1-200 characters of A-Z a-z 0-9 . _ : -,"
+            " optionally ending in '*' for a prefix (user.42.*), or '*' alone"
+        )
+    return value
+
+
+def is_prefix(pattern: str) -> bool:
+    """Whether a valid ``pattern`` is a prefix pattern (``user.42.*``), not a name or ``*``."""
+    return len(pattern) > 1 and pattern.endswith("*")
+
+
+def prefix_range(pattern: str) -> tuple[str, str]:
+    """The streams a prefix pattern matches, as the open range ``(low, high)``: exactly the
+    names that start with the prefix and are longer than it.
+
+    Stream names are ASCII, and the character after the prefix's last one bounds every
+    continuation of it, so the range holds nothing else. As SQL (``low < stream < high``)
+    a btree index on ``stream`` serves it on every database with a binary collation,
+    where ``LIKE 'prefix%'`` needs special operator classes and escaping of ``_``.
+    """
+    prefix = pattern[:-1]
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def matches(pattern: str, stream: str) -> bool:
+    """Whether one valid pattern selects ``stream``: ``*`` every stream; ``user.42.*`` the
+    names that continue ``user.42.`` by one character or more (``user.42.x``, never
+    ``user.42`` or ``user.420.x``); a name only itself.
+
+    The ``*`` stands for any continuation, separators included: ``user.42*`` matches
+    ``user.420`` and ``user.42.x``, as a token's right does. SQL selects the same streams
+    (``store.stream_condition``), from the same :func:`prefix_range`.
+
+    Given a pattern for ``stream``, it says whether ``pattern`` covers it (matches every
+    stream it matches): ``user.42.orders.*`` and ``user.42.*`` itself continue the prefix
+    ``user.42.``, ``user.*`` and ``*`` do not. Rights are checked so (``auth.py``).
+    """
+    if pattern == EVERY_STREAM:
+        return True
+    if is_prefix(pattern):
+        low, high = prefix_range(pattern)
+        return low < stream < high
+    return stream == pattern
+
+
+def selection(patterns: Iterable[str]) -> tuple[str, ...]:
+    """The streams ``patterns`` select, checked and simplified: ``()`` if one is ``*`` (every
+    stream), else each pattern once, without those another one covers.
+
+    So no stream is matched by two patterns of one selection: a reader that looks a stream
+    up under each matching pattern finds its subscriber once.
+    """
+    checked = list(dict.fromkeys(check_pattern(p) for p in patterns))
+    if EVERY_STREAM in checked:
+        return ()
+    # Only a prefix covers another pattern: names alone cost no comparisons.
+    prefixes = [p for p in checked if is_prefix(p)]
+    return tuple(p for p in checked if not any(q != p and matches(q, p) for q in prefixes))
 
 
 def encode_data(value: Any, *, max_bytes: int | None = None, where: str = "") -> str:
@@ -125,7 +197,7 @@ class EventFilter:
     both kept in UTC.
     """
 
-    streams: tuple[str, ...] = ()
+    streams: tuple[str, ...] = ()  # stream patterns (see ``matches``); empty: every stream
     types: tuple[str, ...] = ()
     after: int | None = None
     before: int | None = None
@@ -133,8 +205,7 @@ class EventFilter:
     until: datetime | None = None
 
     def __post_init__(self) -> None:
-        for stream in self.streams:
-            check_name(stream, "stream name")
+        object.__setattr__(self, "streams", selection(self.streams))
         for kind in self.types:
             check_name(kind, "event type")
         for name in ("after", "before"):

@@ -37,14 +37,14 @@ import logging
 import math
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Iterable
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import frames, metrics
-from .events import EventFilter, StoredEvent
+from .events import EventFilter, StoredEvent, is_prefix, selection
 from .notify import Notifier
 from .sse import Frame
 from .store import head, pages
@@ -65,7 +65,7 @@ class Subscription:
     def __init__(
         self, streams: frozenset[str], *, envelope: bool, limit: int, limit_bytes: int
     ) -> None:
-        self.streams = streams  # empty: every stream
+        self.streams = streams  # names and prefix patterns, none covering another; empty: all
         self.envelope = envelope  # frames carry the whole stored event (multi-stream)
         self.position = 0  # the hub's cursor when this registered: later ids all arrive here
         self.expired = False  # its deadline passed: the stream must end
@@ -164,7 +164,9 @@ class Hub:
         self._page_size = page_size
         self._page_bytes = page_bytes
         self._lock = threading.Lock()
+        # Subscribers by each name and prefix pattern they read (a pattern keeps its '*').
         self._by_stream: defaultdict[str, set[Subscription]] = defaultdict(set)
+        self._prefix_lengths: Counter[int] = Counter()  # of the patterns there, without '*'
         self._everything: set[Subscription] = set()
         # How many of the stream-filtered subscribers want each frame format, so a fan-out
         # encodes only the formats someone reads.
@@ -203,13 +205,17 @@ class Hub:
     ) -> Subscription:
         """Register a subscriber: every event committed after this call reaches its buffer.
 
+        ``streams``: names and patterns (``events.matches``); none, or ``*``: every stream.
         ``envelope``: its frames carry the whole stored event, not only its data.
         ``expires_at`` (seconds since the epoch): from then on the subscription is
         ``expired`` and its reader is woken, within a few milliseconds.
         """
         self.start()
         subscription = Subscription(
-            frozenset(streams), envelope=envelope, limit=self._buffer, limit_bytes=self._buffer_bytes
+            frozenset(selection(streams)),
+            envelope=envelope,
+            limit=self._buffer,
+            limit_bytes=self._buffer_bytes,
         )
         with self._lock:
             subscription.position = self._cursor
@@ -217,6 +223,8 @@ class Hub:
                 self._formats[subscription.envelope] += 1
                 for stream in subscription.streams:
                     self._by_stream[stream].add(subscription)
+                    if is_prefix(stream):
+                        self._prefix_lengths[len(stream) - 1] += 1
             else:
                 self._everything.add(subscription)
             if expires_at is not None:
@@ -246,6 +254,10 @@ class Hub:
                     subscribers.remove(subscription)
                     if not subscribers:
                         del self._by_stream[stream]
+                    if is_prefix(stream):
+                        self._prefix_lengths[len(stream) - 1] -= 1
+                        if not self._prefix_lengths[len(stream) - 1]:
+                            del self._prefix_lengths[len(stream) - 1]
             if filtered:
                 self._formats[subscription.envelope] -= 1
         if found or filtered:
@@ -351,6 +363,20 @@ class Hub:
         for subscription in everyone:
             subscription.drop()
 
+    def _wanting(self, stream: str) -> Iterator[Subscription]:
+        """The stream-filtered subscribers that read ``stream``, each once; the caller holds
+        the lock.
+
+        Those that name it, then those with a pattern that matches it (``events.matches``),
+        found under each prefix of the name that some pattern has: as many lookups as
+        there are distinct pattern lengths, however many subscribers. A subscription's
+        patterns never overlap (``events.selection``), so none is found twice.
+        """
+        yield from self._by_stream.get(stream, ())
+        for length in self._prefix_lengths:
+            if length < len(stream):
+                yield from self._by_stream.get(stream[:length] + "*", ())
+
     def _fan_out(self, events: list[StoredEvent]) -> None:
         # Each event is encoded once per format here, however many subscribers it goes to.
         encoded: dict[bool, list[tuple[StoredEvent, Frame]]] = {}
@@ -383,7 +409,7 @@ class Hub:
             }
             for envelope in (e for e, count in self._formats.items() if count):
                 for event, encoding in framed(envelope):
-                    for subscription in self._by_stream.get(event.stream, ()):
+                    for subscription in self._wanting(event.stream):
                         if subscription.envelope is envelope:
                             targets.setdefault(subscription, []).append(encoding)
             self._cursor = events[-1].id

@@ -18,7 +18,9 @@ from sqlalchemy import (
     Connection,
     Engine,
     Select,
+    and_,
     func,
+    or_,
     select,
     union_all,
     update,
@@ -27,7 +29,7 @@ from sqlalchemy import (
 from .database import backend_of
 from .engines.common import COUNTER_ROW
 from .errors import IdempotencyConflict
-from .events import MAX_ID, EventFilter, NewEvent, StoredEvent, utc
+from .events import MAX_ID, EventFilter, NewEvent, StoredEvent, is_prefix, prefix_range, utc
 from .models import Counter, Event, IdempotencyKey, PrunedStream
 
 # Built once: it runs on every hub wake-up.
@@ -288,17 +290,22 @@ def pruned_above(conn: Connection, streams: Sequence[str], after: int) -> dict[s
         PrunedStream.pruned_through > after
     )
     if streams:
-        query = query.where(PrunedStream.stream.in_(streams))
+        query = query.where(stream_condition(PrunedStream.stream, streams))
     return {row.stream: int(row.pruned_through) for row in conn.execute(query)}
 
 
 def oldest(conn: Connection, streams: Sequence[str]) -> int | None:
-    """The oldest id still kept of ``streams`` (every stream if empty); None if none is."""
+    """The oldest id still kept of ``streams`` (names or patterns; every stream if empty);
+    None if none is."""
     if not streams:
         return conn.execute(select(func.min(Event.id))).scalar_one_or_none()
-    # One index lookup per stream, where a single min() over ``stream IN (...)`` may scan.
+    # One index lookup per name (a range per pattern), where a single min() over
+    # ``stream IN (...)`` may scan.
     firsts = union_all(
-        *(select(func.min(Event.id).label("id")).where(Event.stream == s) for s in streams)
+        *(
+            select(func.min(Event.id).label("id")).where(stream_condition(Event.stream, [s]))
+            for s in streams
+        )
     ).subquery()
     return conn.execute(select(func.min(firsts.c.id))).scalar_one_or_none()
 
@@ -317,7 +324,7 @@ def _stored(row: Any) -> StoredEvent:
 def _conditions(where: EventFilter) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
     if where.streams:
-        conditions.append(Event.stream.in_(where.streams))
+        conditions.append(stream_condition(Event.stream, where.streams))
     if where.types:
         conditions.append(Event.type.in_(where.types))
     if where.after is not None:
@@ -332,6 +339,18 @@ def _conditions(where: EventFilter) -> list[ColumnElement[bool]]:
     if where.until is not None:
         conditions.append(Event.id <= func.coalesce(first_at(where.until).scalar_subquery() - 1, MAX_ID))
     return conditions
+
+
+def stream_condition(column: Any, streams: Sequence[str]) -> ColumnElement[bool]:
+    """``column`` holds a stream that one of ``streams`` (names or prefix patterns, not
+    ``*``) matches, as ``events.matches`` decides: names by ``IN``, each prefix as its
+    :func:`~eventlog.events.prefix_range`, which the ``(stream, id)`` index serves."""
+    names = [s for s in streams if not is_prefix(s)]
+    ranges = [prefix_range(p) for p in streams if is_prefix(p)]
+    parts = [and_(column > low, column < high) for low, high in ranges]
+    if names:
+        parts.insert(0, column.in_(names))
+    return or_(*parts) if len(parts) > 1 else parts[0]
 
 
 def first_at(moment: datetime) -> Select[int]:

@@ -61,7 +61,8 @@ def event_stream(
     expires_at: float | None = None,
     on_end: Callable[[int], None] | None = None,
 ) -> Iterator[bytes]:
-    """Yield SSE bytes for events of ``streams`` (all if empty) with id > ``resume_after``.
+    """Yield SSE bytes for events of ``streams`` (names or patterns, ``events.matches``;
+    all if empty) with id > ``resume_after``.
 
     Without a resume point the stream starts where the hub is: only new events. A resume
     point beyond the head gets a ``reset`` event, then continues from the head; so does one
@@ -81,7 +82,9 @@ def event_stream(
     started = False
     try:
         subscription = hub.subscribe(streams, envelope=envelope, expires_at=expires_at)
-        reader = _Reader(engine, subscription, tuple(streams), page_size, page_bytes, client_gone)
+        reader = _Reader(
+            engine, subscription, tuple(subscription.streams), page_size, page_bytes, client_gone
+        )
         reset = reader.start(resume_after)
         # The first bytes go out at once, so headers flush; by now the subscriber is
         # registered and positioned, so nothing published from here on can be missed.

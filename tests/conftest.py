@@ -54,14 +54,15 @@ def unavailable(reason: str) -> None:
 # --- databases -----------------------------------------------------------------------
 
 @contextlib.contextmanager
-def fresh_postgres_database(prefix: str) -> Iterator[Engine]:
+def fresh_postgres_database(prefix: str, options: str = "") -> Iterator[Engine]:
     """An engine on a new, empty PostgreSQL database, created next to the one
-    EVENTLOG_TEST_POSTGRES_URL names and dropped afterwards: concurrent runs never meet."""
+    EVENTLOG_TEST_POSTGRES_URL names and dropped afterwards: concurrent runs never meet.
+    ``options`` go to CREATE DATABASE (a locale, say)."""
     admin = make_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     try:
         with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+            conn.execute(text(f'CREATE DATABASE "{name}" {options}'))
     except OperationalError:
         admin.dispose()
         unavailable(f"PostgreSQL is not reachable at {admin.url.render_as_string()}")

@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from eventlog import ConfigError, EventFilter, EventLog, InvalidRequest, create_app
-from eventlog.auth import matches
+from eventlog.events import matches
 from eventlog.cli import main
 
 AUTH = {"EVENTLOG_JWT_SECRET": SECRET, "EVENTLOG_JWT_AUDIENCE": AUDIENCE}

@@ -230,6 +230,30 @@ def test_each_event_carries_its_stream_in_every_tab(
         assert {e["stream"] for e in received(tab)} == set(streams)
 
 
+def test_a_pattern_subscription_shared_by_tabs_survives_a_reload(
+    server: Server, proxy: CuttableProxy, context: BrowserContext
+) -> None:
+    """Two tabs on ``client.pat.*`` (and a name it covers) share one connection; one reloads
+    between publishes and catches up through the audit query with the same pattern. Each
+    gets the matching events once, in order, never client.pat0 or the bare client.pat."""
+    streams = ["client.pat.*", "client.pat.x"]
+    tabs = [open_client(context, proxy, *streams) for _ in range(2)]
+    for tab in tabs:
+        wait_for_page(tab, "() => window.sub !== undefined", "the tab's subscription")
+    wait_for_subscribers(server, 1)
+    targets = ["client.pat.x", "client.pat.y.z", "client.pat0", "client.pat", "client.pat.q"]
+    published = [publish(server.url, targets[n % 5], {"n": n}) for n in range(10)]
+    for tab in tabs:
+        wait_for_event(tab, published[-2]["id"])  # the last is client.pat: never delivered
+    tabs[1].reload()
+    wait_for_page(tabs[1], "() => window.sub !== undefined", "the reloaded tab's subscription")
+    published += [publish(server.url, targets[n % 5], {"n": n}) for n in range(10, 20)]
+    wanted = [e for e in published if e["stream"].startswith("client.pat.")]
+    for tab in tabs:
+        wait_for_event(tab, wanted[-1]["id"])
+        assert received(tab) == as_delivered(wanted)
+
+
 def test_console_shows_live_events_pages_the_log_and_publishes(
     server: Server, browser: Browser
 ) -> None:

@@ -223,7 +223,8 @@
   }
 
   /**
-   * Subscribe to `streams` (an array of names; empty for every stream) and call
+   * Subscribe to `streams` (an array of names and prefix patterns such as `user.42.*`; empty
+   * for every stream) and call
    * `onEvent(event)` once per event, in id order, with `event = {id, stream, type, data, time}`.
    *
    * Options:
