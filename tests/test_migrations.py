@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from conftest import ENGINES, FRESH_DATABASES, fresh_postgres_database, url_of
+from conftest import ENGINES, fresh_database, url_of
 from sqlalchemy import Engine, inspect, text
 
 from eventlog import create_app
@@ -25,7 +25,7 @@ def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Eng
         yield engine
         engine.dispose()
         return
-    with FRESH_DATABASES[request.param]("eventlog_migrations") as engine:
+    with fresh_database(request.param, "eventlog_migrations") as engine:
         yield engine
 
 
