@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +33,7 @@ GUNICORN_BIN = BIN / "gunicorn"
 POSTGRES_URL = os.environ.get(
     "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", POSTGRES_URL)
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -218,35 +220,51 @@ def run_id() -> str:
     return f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
 
-# --- PostgreSQL -----------------------------------------------------------------------------
+# --- the database ---------------------------------------------------------------------------
 
 @contextlib.contextmanager
 def fresh_database(keep: bool = False) -> Iterator[str]:
-    """A new, migrated PostgreSQL database of this run's own; dropped afterwards.
+    """A new, migrated database of this run's own; dropped afterwards.
 
-    Created next to the server's ``test`` database (``eventlog_bench_<run>``), migrated with
-    ``eventlog db upgrade`` exactly as a deployment would.
+    On the server ``BENCH_DATABASE_URL`` names (default ``BENCH_POSTGRES_URL``: PostgreSQL;
+    ``mysql+pymysql://...`` for MariaDB or MySQL), created beside the database the URL names
+    (``eventlog_bench_<run>``); for a ``sqlite:///`` URL, a new file in a temporary folder.
+    Migrated with ``eventlog db upgrade`` exactly as a deployment would.
     """
-    import psycopg
+    from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    base = make_url(POSTGRES_URL)
+    base = make_url(DATABASE_URL)
     name = f"eventlog_bench_{run_id()}"
-    admin = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = base.set(database=name).render_as_string(hide_password=False)
-    try:
+    backend = base.get_backend_name()
+    with contextlib.ExitStack() as cleanup:
+        if backend == "sqlite":
+            folder = Path(tempfile.mkdtemp(prefix="eventlog_bench_"))
+            if not keep:
+                cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
+            url = f"sqlite:///{folder / 'eventlog.db'}"
+        else:
+            admin_url = base.set(database=None) if backend == "mysql" else base
+            admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+            quoted = admin.dialect.identifier_preparer.quote(name)
+            with admin.connect() as conn:
+                conn.execute(text(f"CREATE DATABASE {quoted}"))
+            drop = f"DROP DATABASE IF EXISTS {quoted}" + (" WITH (FORCE)" if backend == "postgresql" else "")
+
+            def dropped() -> None:
+                with admin.connect() as conn:
+                    conn.execute(text(drop))
+                admin.dispose()
+
+            if not keep:
+                cleanup.callback(dropped)
+            url = base.set(database=name).render_as_string(hide_password=False)
         env = {**clean_env(), "EVENTLOG_DATABASE_URL": url}
         subprocess.run(
             [str(EVENTLOG_BIN), "db", "upgrade"], env=env, check=True,
             stdout=subprocess.DEVNULL, timeout=120,
         )
         yield url
-    finally:
-        if not keep:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def clean_env() -> dict[str, str]:

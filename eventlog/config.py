@@ -78,8 +78,8 @@ class Settings:
         """``allowed_hosts`` as Flask's ``TRUSTED_HOSTS``: None (any host) for ``*``."""
         hosts = [host.strip().lower() for host in self.allowed_hosts.split(",") if host.strip()]
         return None if ANY_HOST in hosts else hosts
-    # Every wait on the database, in seconds (PostgreSQL; ARCHITECTURE.md "Every wait is
-    # bounded" says what each bounds). 0 leaves that wait unbounded.
+    # Every wait on the database, in seconds (PostgreSQL, MySQL and MariaDB; ARCHITECTURE.md
+    # "Every wait is bounded" says what each bounds). 0 leaves that wait unbounded.
     connect_timeout_seconds: float = _setting(3.0, zero=True)
     reply_timeout_seconds: float = _setting(6.0, zero=True)
     statement_timeout_seconds: float = _setting(5.0, zero=True)

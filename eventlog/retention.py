@@ -44,7 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import metrics
 from .database import backend_of
-from .models import Event, IdempotencyKey, PrunedStream
+from .models import Event, IdempotencyKey
 from .store import first_at
 
 log = logging.getLogger(__name__)

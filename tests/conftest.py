@@ -9,6 +9,7 @@ is unreachable its tests skip with the reason, or fail when EVENTLOG_TEST_REQUIR
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -53,62 +54,50 @@ def unavailable(reason: str) -> None:
 
 # --- databases -----------------------------------------------------------------------
 
-@contextlib.contextmanager
-def fresh_postgres_database(prefix: str, options: str = "") -> Iterator[Engine]:
-    """An engine on a new, empty PostgreSQL database, created next to the one
-    EVENTLOG_TEST_POSTGRES_URL names and dropped afterwards: concurrent runs never meet.
-    ``options`` go to CREATE DATABASE (a locale, say)."""
-    admin = make_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}" {options}'))
-    except OperationalError:
-        admin.dispose()
-        unavailable(f"PostgreSQL is not reachable at {admin.url.render_as_string()}")
-    engine = make_engine(admin.url.set(database=name).render_as_string(hide_password=False))
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+# Per server engine: the test server's URL, its name for a skip, how to create and drop a database.
+SERVERS = {
+    "postgresql": (POSTGRES_URL, "PostgreSQL", 'CREATE DATABASE "{}"', 'DROP DATABASE IF EXISTS "{}" WITH (FORCE)'),
+    "mysql": (MYSQL_URL, "MariaDB/MySQL", "CREATE DATABASE `{}` CHARACTER SET utf8mb4", "DROP DATABASE IF EXISTS `{}`"),
+}
 
 
 @contextlib.contextmanager
-def fresh_mysql_database(prefix: str) -> Iterator[Engine]:
-    """An engine on a new, empty database of the MariaDB (or MySQL) server that
-    EVENTLOG_TEST_MYSQL_URL names, dropped afterwards: concurrent runs never meet."""
-    url = make_url(MYSQL_URL)
-    admin = make_engine(url.set(database=None), isolation_level="AUTOCOMMIT")
+def fresh_database(engine: str, prefix: str, options: str = "") -> Iterator[Engine]:
+    """An engine on a new, empty database of a server engine ("postgresql", "mysql"), created
+    next to the one its EVENTLOG_TEST_*_URL names and dropped afterwards: concurrent runs
+    never meet. ``options`` go to CREATE DATABASE (a locale, say)."""
+    url, label, create, drop = SERVERS[engine]
+    admin = make_engine(url, isolation_level="AUTOCOMMIT")
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     try:
         with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+            conn.execute(text(f"{create.format(name)} {options}"))
     except OperationalError:
         admin.dispose()
-        unavailable(f"MariaDB/MySQL is not reachable at {url.render_as_string()}")
-    engine = make_engine(url.set(database=name))
+        unavailable(f"{label} is not reachable at {admin.url.render_as_string()}")
+    engine_on = make_engine(admin.url.set(database=name).render_as_string(hide_password=False))
     try:
-        yield engine
+        yield engine_on
     finally:
-        engine.dispose()
+        engine_on.dispose()
         with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+            conn.execute(text(drop.format(name)))
         admin.dispose()
 
 
-FRESH_DATABASES = {"postgresql": fresh_postgres_database, "mysql": fresh_mysql_database}
-"""A new, empty database of each server engine, by its ``database_url`` parameter."""
+fresh_postgres_database = functools.partial(fresh_database, "postgresql")
+
+
+def migrated(engine: str) -> Iterator[Engine]:
+    """The run's migrated database of a server engine (shared by the run, emptied per test)."""
+    with fresh_database(engine, "eventlog_test") as migrated_engine:
+        upgrade(migrated_engine)
+        yield migrated_engine
 
 
 @pytest.fixture(scope="session")
 def postgres_engine() -> Iterator[Engine]:
-    """The run's migrated PostgreSQL database (shared by the run, emptied per test)."""
-    with fresh_postgres_database("eventlog_test") as engine:
-        upgrade(engine)
-        yield engine
+    yield from migrated("postgresql")
 
 
 def url_of(engine: Engine) -> str:
@@ -117,10 +106,7 @@ def url_of(engine: Engine) -> str:
 
 @pytest.fixture(scope="session")
 def mysql_engine() -> Iterator[Engine]:
-    """The run's migrated MariaDB database (shared by the run, emptied per test)."""
-    with fresh_mysql_database("eventlog_test") as engine:
-        upgrade(engine)
-        yield engine
+    yield from migrated("mysql")
 
 
 def empty_database(engine: Engine) -> None:

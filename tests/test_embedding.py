@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ENGINES, FRESH_DATABASES, Server, url_of
+from conftest import ENGINES, Server, fresh_database, url_of
 from flask import Flask, request
 from flask_sqlalchemy import SQLAlchemy
 from helpers import Listener, wait_until
@@ -43,7 +43,7 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'host.db'}"
         return
-    with FRESH_DATABASES[request.param]("eventlog_embed") as engine:
+    with fresh_database(request.param, "eventlog_embed") as engine:
         yield url_of(engine)
 
 

@@ -17,7 +17,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine
 
 from eventlog import EventFilter, EventLog, NewEvent, create_app
-from eventlog.database import make_engine
+from eventlog.database import backend_of, make_engine
+from eventlog.retention import Policy, prune
 from eventlog.store import Publish, append_all, head
 
 PACKAGE = Path(__file__).resolve().parent.parent / "eventlog"
@@ -160,3 +161,16 @@ def test_bare_urls_get_eventlog_s_driver(given: str, driver: str) -> None:
         assert app.extensions["eventlog"].settings.database_url.startswith(f"{driver}://")
     finally:
         app.extensions["eventlog"].close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql", "mysql"], indirect=True)
+def test_one_pruner_at_a_time(engine: Engine) -> None:
+    """While a session holds the cluster's pruning lock (PostgreSQL's advisory lock, MySQL's
+    GET_LOCK), another prune skips its turn; once it is released, pruning goes on."""
+    with engine.begin() as conn:
+        append_all(conn, [Publish([NewEvent("s", "t", str(n)) for n in range(3)])])
+    keep_one = Policy(events=1)
+    with engine.connect() as holder, backend_of(holder).prune_lock(holder) as taken:
+        assert taken
+        assert prune(engine, keep_one) is None
+    assert prune(engine, keep_one) == 2

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ENGINES, FRESH_DATABASES, fresh_postgres_database
+from conftest import ENGINES, fresh_database, fresh_postgres_database
 from sqlalchemy import Engine, event, insert, select, text, update
 
 from eventlog import EventFilter, NewEvent, StoredEvent
@@ -112,7 +112,7 @@ def engine_at_0003(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[E
         yield engine
         engine.dispose()
         return
-    with FRESH_DATABASES[request.param]("eventlog_times") as engine:
+    with fresh_database(request.param, "eventlog_times") as engine:
         upgrade(engine, "0003")
         yield engine
 

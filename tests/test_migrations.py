@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from conftest import ENGINES, FRESH_DATABASES, fresh_postgres_database, url_of
+from conftest import ENGINES, fresh_database, url_of
 from sqlalchemy import Engine, column, insert, inspect, select, text, update
 from sqlalchemy import table as table_clause
 from sqlalchemy.sql.expression import TableClause
@@ -29,7 +29,7 @@ def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Eng
         yield engine
         engine.dispose()
         return
-    with FRESH_DATABASES[request.param]("eventlog_migrations") as engine:
+    with fresh_database(request.param, "eventlog_migrations") as engine:
         yield engine
 
 

@@ -7,9 +7,10 @@ lock: ``SYSDATE(6)`` is the moment the expression runs (``NOW(6)`` is the statem
 before the lock was granted), in UTC whatever the session's time zone. Names and keys are
 VARBINARY (``types.Name``): the utf8mb4 ``_bin`` collations are PAD SPACE.
 
-A statement may carry at most the server's ``max_allowed_packet``: the rows of a publish are
-inserted in as many statements as that takes, in the same transaction, and an event that no
-statement can carry is refused before the counter is touched (413).
+A statement may carry at most the server's ``max_allowed_packet``: PyMySQL's executemany
+sends the rows of a publish in multi-row INSERTs of at most about 1 MB each (or one row), in
+the same transaction, and an event that no statement can carry is refused before the counter
+is touched (413).
 
 Every wait is bounded: ``connect_timeout``, ``read_timeout`` and ``write_timeout`` (the reply
 bound) on this side; ``innodb_lock_wait_timeout`` (rows), ``lock_wait_timeout`` (a table's
@@ -51,7 +52,7 @@ from ..errors import PayloadTooLarge
 from ..events import NewEvent, utc
 from ..models import Counter, Event, IdempotencyKey, PrunedStream
 from .base import Backend, Timeouts
-from .common import COUNTER_ROW, repeatable_read, session_lock
+from .common import COUNTER_ROW, insert_rows, repeatable_read, session_lock
 from .types import Time
 
 UNBOUNDED_LOCK_WAIT = 1073741824  # innodb_lock_wait_timeout's largest value, in seconds
@@ -77,7 +78,6 @@ _BUMP = (
     )
 )
 _COUNTER = select(Counter.last_id, Counter.last_time).where(Counter.id == COUNTER_ROW)
-_INSERT = insert(Event)
 # GET_LOCK names are server-wide: the database's name keeps two logs on one server apart
 # (hashed: a name may be 64 characters at most).
 _LOCK_NAME = func.concat("eventlog:", func.sha1(func.database()))
@@ -119,21 +119,12 @@ class MySQL(Backend):
         return engine
 
     def store_events(self, conn: Connection, events: Sequence[NewEvent]) -> tuple[int, datetime]:
-        chunks = _chunks(events, _packet_limit(conn))  # refuses what cannot be sent, first
+        _refuse_oversized(events, _packet_limit(conn))  # before the counter is touched
         conn.execute(_BUMP, {"count": len(events)})
         counter = conn.execute(_COUNTER).one()
         first_id = int(counter.last_id) - len(events) + 1
         time = utc(counter.last_time)
-        next_id = first_id
-        for chunk in chunks:
-            conn.execute(
-                _INSERT,
-                [
-                    {"id": next_id + n, "stream": e.stream, "type": e.type, "data": e.data, "time": time}
-                    for n, e in enumerate(chunk)
-                ],
-            )
-            next_id += len(chunk)
+        insert_rows(conn, first_id, time, events)
         return first_id, time
 
     def claim_key(self, conn: Connection, key: str, fingerprint: str, now: datetime) -> bool:
@@ -230,25 +221,14 @@ def _packet_limit(conn: Connection) -> int:
     return int(info[PACKET])
 
 
-def _chunks(events: Sequence[NewEvent], packet: int) -> list[Sequence[NewEvent]]:
-    """``events`` cut into runs whose INSERT fits in ``packet`` bytes; PayloadTooLarge if
-    one event alone does not."""
-    room = packet - PACKET_MARGIN
-    chunks: list[Sequence[NewEvent]] = []
-    start, size = 0, 0
-    for n, e in enumerate(events):
-        row = _wire_size(e)
-        if row > room:
+def _refuse_oversized(events: Sequence[NewEvent], packet: int) -> None:
+    """PayloadTooLarge if an event's INSERT cannot fit in ``packet`` bytes."""
+    for e in events:
+        if _wire_size(e) > packet - PACKET_MARGIN:
             raise PayloadTooLarge(
                 f"an event of {len(e.data.encode())} bytes is more than the database server"
                 " accepts in one statement (its max_allowed_packet); send smaller events"
             )
-        if size + row > room:
-            chunks.append(events[start:n])
-            start, size = n, 0
-        size += row
-    chunks.append(events[start:])
-    return chunks
 
 
 def _wire_size(e: NewEvent) -> int:
