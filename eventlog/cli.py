@@ -63,6 +63,7 @@ def in_app(*, needs_schema: bool = True) -> Callable[[F], F]:
 
 
 @click.group(context_settings=CONTEXT)
+@click.version_option(package_name="eventlog", message="%(prog)s %(version)s")
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """eventlog: a replayable event log with Server-Sent Events.
@@ -196,8 +197,17 @@ def db() -> None:
 @click.argument("revision", default="head")
 @in_app(needs_schema=False)
 def upgrade(revision: str) -> None:
-    """Apply migrations up to REVISION."""
+    """Apply migrations up to REVISION (never back: it does not downgrade)."""
+    from .migrate import precedes, revisions
+
+    if revision not in ("head", *revisions()):
+        raise click.ClickException(f"there is no revision {revision!r}; this eventlog has {', '.join(revisions())}")
     events = current_eventlog()
+    now = events.revision()
+    if now is not None and precedes(revision, now):
+        raise click.ClickException(
+            f"the database is at revision {now}, past {revision}; `eventlog db upgrade` does not downgrade"
+        )
     events.upgrade(revision)
     click.echo(f"database at revision {events.revision()}")
 
@@ -207,7 +217,12 @@ def upgrade(revision: str) -> None:
 def current() -> None:
     """Print the revision the database is at ("none" before the first upgrade)."""
     events = current_eventlog()
-    click.echo("none" if _missing_database_file(events) else events.revision() or "none")
+    missing = _missing_database_file(events)
+    if missing is not None and not os.path.isdir(os.path.dirname(os.path.abspath(missing))):
+        raise ConfigError(
+            f"there is no directory for the database file {missing!r} ({key_of('database_url')})"
+        )
+    click.echo("none" if missing else events.revision() or "none")
 
 
 @db.command()

@@ -82,6 +82,18 @@ def head() -> str | None:
     return _scripts().get_current_head()
 
 
+def revisions() -> list[str]:
+    """The revisions the package ships, oldest first."""
+    return [script.revision for script in reversed(list(_scripts().walk_revisions()))]
+
+
+def precedes(revision: str, than: str) -> bool:
+    """Whether ``revision`` comes before ``than`` (an upgrade to it would do nothing)."""
+    if revision in ("head", than) or than not in revisions():
+        return False
+    return revision == "base" or revision in {s.revision for s in _scripts().iterate_revisions(than, "base")}
+
+
 def behind(conn: Connection) -> bool:
     """Whether the database needs ``upgrade`` for this version: never migrated, or at a
     revision older than the package's head. A revision the package does not know is newer
