@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -26,7 +25,16 @@ from tqdm import tqdm
 from . import body as strict_json
 from .app import create_app
 from .auth import Rights, TokenAuth
-from .config import COMMAND_KEYS, KEYS, Settings, from_environment, is_loopback, key_of, unknown_names
+from .config import (
+    COMMAND_KEYS,
+    KEYS,
+    Settings,
+    from_environment,
+    is_loopback,
+    key_of,
+    parse_duration,
+    unknown_names,
+)
 from .errors import ConfigError, EventlogError
 from .events import EventFilter
 from .extension import EXTENSION_KEY, EventLog, current_eventlog
@@ -352,10 +360,6 @@ def token() -> None:
     """Access tokens (JWT) signed with EVENTLOG_JWT_SECRET."""
 
 
-TTL = re.compile(r"([0-9]+)([smhd]?)")
-TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 @token.command("create")
 @click.option("--publish", "publish_", multiple=True, help="A stream pattern it may publish to (repeatable).")
 @click.option("--subscribe", multiple=True, help="A stream pattern it may read, live or audit (repeatable).")
@@ -364,10 +368,12 @@ TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 @in_app(needs_schema=False)
 def create_token(publish_: tuple[str, ...], subscribe: tuple[str, ...], ttl: str, subject: str | None) -> None:
     """Print a new token. Patterns: a stream name, a prefix ending in '*' (user.42.*), or '*'."""
-    match = TTL.fullmatch(ttl.strip())
-    if match is None or int(match.group(1)) == 0:
+    try:
+        seconds = parse_duration(ttl)
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
         raise click.BadParameter("use a positive number of seconds, or e.g. 30m, 1h, 7d", param_hint="--ttl")
-    seconds = int(match.group(1)) * TTL_UNITS[match.group(2)]
     click.echo(current_eventlog().token(publish=publish_, subscribe=subscribe, ttl=seconds, subject=subject))
 
 

@@ -17,6 +17,7 @@ from helpers import Listener, free_port, wait_until
 import eventlog
 from eventlog import migrate
 from eventlog.cli import main
+from eventlog.config import Settings, parse_duration
 
 
 @pytest.fixture
@@ -82,6 +83,27 @@ def test_fanout_interval_may_be_zero_but_not_negative(
     assert (result.exit_code == 0) is accepted, result.output
     if not accepted:
         assert "EVENTLOG_FANOUT_SECONDS must be 0 or a positive number" in result.output
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("3600", 3600), ("1h", 3600), ("30m", 1800), ("7d", 604800), ("1.5h", 5400), ("45s", 45)]
+)
+def test_durations_read_as_token_ttls_do(value: str, seconds: float) -> None:
+    """One parser: EVENTLOG_RETAIN_SECONDS (and every *_SECONDS setting) and --ttl agree."""
+    assert Settings.from_config({"EVENTLOG_RETAIN_SECONDS": value}).retain_seconds == seconds
+    assert Settings.from_config({"EVENTLOG_PRUNE_SECONDS": value}).prune_seconds == seconds
+    assert parse_duration(value) == seconds
+
+
+def test_a_bad_duration_says_what_is_taken(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTLOG_RETAIN_SECONDS", "1 week")
+    assert "EVENTLOG_RETAIN_SECONDS must be a number of seconds, or a duration such as 30m, 1h or 7d" in one_line_error(
+        runner.invoke(main, ["db", "current"])
+    )
+    monkeypatch.delenv("EVENTLOG_RETAIN_SECONDS")
+    monkeypatch.setenv("EVENTLOG_JWT_SECRET", "s" * 32)
+    assert runner.invoke(main, ["token", "create", "--ttl", "1.5h"]).exit_code == 0
+    assert runner.invoke(main, ["token", "create", "--ttl", "0m"]).exit_code == 2
 
 
 # --- start-up failures: one line, exit status 1, nothing created by surprise -----------------
