@@ -3,6 +3,10 @@
 PostgreSQL and Redis come from EVENTLOG_TEST_POSTGRES_URL and EVENTLOG_TEST_REDIS_URL
 (defaulting to the local servers). When one is unreachable its tests skip with the reason,
 or fail when EVENTLOG_TEST_REQUIRE_SERVICES=1 (as on CI).
+
+Nothing shared is written to: the PostgreSQL URL's database (by default the server's own
+``postgres``) is only where the tests connect to create databases of their own, and every
+Redis channel a test uses is named for its run (``RUN``), so concurrent runs never meet.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from helpers import CuttableProxy, free_port, wait_until
 from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError
 
 from eventlog import EventLog, create_app
@@ -34,9 +38,11 @@ from eventlog.database import make_engine
 from eventlog.migrate import upgrade
 
 POSTGRES_URL = os.environ.get(
-    "EVENTLOG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    "EVENTLOG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("EVENTLOG_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+RUN = uuid.uuid4().hex[:12]
+"""This run's name, in every Redis channel it uses."""
 REQUIRE_SERVICES = os.environ.get("EVENTLOG_TEST_REQUIRE_SERVICES") == "1"
 EVENTLOG_BIN = Path(sys.executable).with_name("eventlog")
 
@@ -59,9 +65,9 @@ def fresh_postgres_database(prefix: str) -> Iterator[Engine]:
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError:
+    except OperationalError as error:
         admin.dispose()
-        unavailable(f"PostgreSQL is not reachable at {admin.url.render_as_string()}")
+        unavailable(postgres_problem(error, admin.url))
     engine = make_engine(admin.url.set(database=name).render_as_string(hide_password=False))
     try:
         yield engine
@@ -70,6 +76,17 @@ def fresh_postgres_database(prefix: str) -> Iterator[Engine]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def postgres_problem(error: OperationalError, url: URL) -> str:
+    """Why PostgreSQL at ``url`` cannot be used: no such database, or no server answering."""
+    if "does not exist" in str(error.orig):
+        return (
+            f"PostgreSQL at {url.set(database=None).render_as_string()} has no database {url.database!r},"
+            " which EVENTLOG_TEST_POSTGRES_URL names for the tests to connect to (they create"
+            " databases of their own from there): create it, or name another such as postgres"
+        )
+    return f"PostgreSQL is not reachable at {url.render_as_string()}"
 
 
 @pytest.fixture(scope="session")
@@ -148,7 +165,7 @@ def redis_url(redis_available: str) -> str:
 @pytest.fixture
 def redis_channel() -> str:
     """A channel of this test's own, so concurrent test runs never hear each other."""
-    return f"eventlog-test-{uuid.uuid4().hex}"
+    return f"eventlog-test-{RUN}-{uuid.uuid4().hex[:12]}"
 
 
 @dataclass
@@ -277,6 +294,7 @@ def server_env(database_url: str, redis_url: str | None = None, **settings: Any)
     env["EVENTLOG_DATABASE_URL"] = database_url
     if redis_url:
         env["EVENTLOG_REDIS_URL"] = redis_url
+        env["EVENTLOG_REDIS_CHANNEL"] = f"eventlog-test-{RUN}"  # unless the test names its own
     env.update({f"EVENTLOG_{k}": str(v) for k, v in settings.items()})
     return env
 
