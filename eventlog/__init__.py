@@ -7,6 +7,8 @@ autogenerate off eventlog's tables. Everything else is internal.
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 from .api import blueprint
 from .app import create_app
 from .errors import (
@@ -24,6 +26,9 @@ from .events import EventFilter, NewEvent, StoredEvent
 from .extension import EventLog
 from .migrate import include_name
 from .store import Appended, Page
+
+__version__ = version(__name__)
+"""This package's version, as installed."""
 
 __all__ = [
     "Appended",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -26,7 +25,16 @@ from tqdm import tqdm
 from . import body as strict_json
 from .app import create_app
 from .auth import Rights, TokenAuth
-from .config import COMMAND_KEYS, KEYS, Settings, from_environment, is_loopback, key_of, unknown_names
+from .config import (
+    COMMAND_KEYS,
+    KEYS,
+    Settings,
+    from_environment,
+    is_loopback,
+    key_of,
+    parse_duration,
+    unknown_names,
+)
 from .database import backend_of
 from .errors import ConfigError, EventlogError
 from .events import EventFilter
@@ -64,6 +72,7 @@ def in_app(*, needs_schema: bool = True) -> Callable[[F], F]:
 
 
 @click.group(context_settings=CONTEXT)
+@click.version_option(package_name="eventlog", message="%(prog)s %(version)s")
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """eventlog: a replayable event log with Server-Sent Events.
@@ -197,8 +206,17 @@ def db() -> None:
 @click.argument("revision", default="head")
 @in_app(needs_schema=False)
 def upgrade(revision: str) -> None:
-    """Apply migrations up to REVISION."""
+    """Apply migrations up to REVISION (never back: it does not downgrade)."""
+    from .migrate import precedes, revisions
+
+    if revision not in ("head", *revisions()):
+        raise click.ClickException(f"there is no revision {revision!r}; this eventlog has {', '.join(revisions())}")
     events = current_eventlog()
+    now = events.revision()
+    if now is not None and precedes(revision, now):
+        raise click.ClickException(
+            f"the database is at revision {now}, past {revision}; `eventlog db upgrade` does not downgrade"
+        )
     events.upgrade(revision)
     click.echo(f"database at revision {events.revision()}")
 
@@ -208,7 +226,12 @@ def upgrade(revision: str) -> None:
 def current() -> None:
     """Print the revision the database is at ("none" before the first upgrade)."""
     events = current_eventlog()
-    click.echo("none" if _missing_database_file(events) else events.revision() or "none")
+    missing = _missing_database_file(events)
+    if missing is not None and not os.path.isdir(os.path.dirname(os.path.abspath(missing))):
+        raise ConfigError(
+            f"there is no directory for the database file {missing!r} ({key_of('database_url')})"
+        )
+    click.echo("none" if missing else events.revision() or "none")
 
 
 @db.command()
@@ -340,10 +363,6 @@ def token() -> None:
     """Access tokens (JWT) signed with EVENTLOG_JWT_SECRET."""
 
 
-TTL = re.compile(r"([0-9]+)([smhd]?)")
-TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 @token.command("create")
 @click.option("--publish", "publish_", multiple=True, help="A stream pattern it may publish to (repeatable).")
 @click.option("--subscribe", multiple=True, help="A stream pattern it may read, live or audit (repeatable).")
@@ -352,10 +371,12 @@ TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 @in_app(needs_schema=False)
 def create_token(publish_: tuple[str, ...], subscribe: tuple[str, ...], ttl: str, subject: str | None) -> None:
     """Print a new token. Patterns: a stream name, a prefix ending in '*' (user.42.*), or '*'."""
-    match = TTL.fullmatch(ttl.strip())
-    if match is None or int(match.group(1)) == 0:
+    try:
+        seconds = parse_duration(ttl)
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
         raise click.BadParameter("use a positive number of seconds, or e.g. 30m, 1h, 7d", param_hint="--ttl")
-    seconds = int(match.group(1)) * TTL_UNITS[match.group(2)]
     click.echo(current_eventlog().token(publish=publish_, subscribe=subscribe, ttl=seconds, subject=subject))
 
 

@@ -164,6 +164,20 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     return {key: environ[key] for key in KEYS if key in environ}
 
 
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd]?)")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from a duration: a number of seconds, or a number with ``s``, ``m``, ``h`` or
+    ``d`` (``90``, ``0.5``, ``30m``, ``1h``, ``7d``); ValueError for anything else. The
+    ``*_SECONDS`` settings and ``eventlog token create --ttl`` take these."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not a duration: {text!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
 def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
     """Convert ``raw`` to the type of the field's default, refusing what does not fit."""
     key = key_of(field.name)
@@ -174,10 +188,15 @@ def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
         if choices and text not in choices:
             raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {raw!r}")
         return text
+    duration = field.name.endswith("_seconds")
     try:
-        value = kind(raw)
+        value = parse_duration(raw) if duration and isinstance(raw, str) else kind(raw)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be a number, got {raw!r}") from None
+        try:
+            value = kind(raw)  # what a duration is not, such as a negative number
+        except (TypeError, ValueError):
+            wanted = "a number of seconds, or a duration such as 30m, 1h or 7d" if duration else "a number"
+            raise ConfigError(f"{key} must be {wanted}, got {raw!r}") from None
     if field.metadata.get("zero", False):
         if isinstance(raw, bool) or value < 0:
             raise ConfigError(f"{key} must be 0 or a positive number, got {raw!r}")

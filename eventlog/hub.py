@@ -117,6 +117,10 @@ class Subscription:
                 self._ready.set()  # take() returns no events: the stream sends a heartbeat
             self._heard = False
 
+    def wake(self) -> None:
+        """Wake the reader with nothing: it looks whether its client is still there."""
+        self._ready.set()
+
     def expire(self) -> None:
         """The deadline passed: wake the reader, which sees ``expired`` and ends."""
         with self._lock:

@@ -17,7 +17,6 @@ from importlib.resources import files
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
     Column,
@@ -28,6 +27,7 @@ from sqlalchemy import (
     String,
     Table,
     inspect,
+    select,
     text,
 )
 
@@ -35,6 +35,13 @@ TABLE_PREFIX = "eventlog_"
 """The prefix of every table eventlog owns, its version table included."""
 VERSION_TABLE = f"{TABLE_PREFIX}alembic_version"
 LEGACY_VERSION_TABLE = "alembic_version"
+# The shape Alembic gives its version tables.
+_VERSION = Table(
+    VERSION_TABLE,
+    MetaData(),
+    Column("version_num", String(32), nullable=False),
+    PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"),
+)
 
 
 def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
@@ -73,8 +80,15 @@ def downgrade(engine: Engine, revision: str) -> None:
 def current(engine: Engine) -> str | None:
     """The revision eventlog's tables are at, or None for an unmigrated database."""
     with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-        return context.get_current_revision()
+        return _revision(connection)
+
+
+def _revision(conn: Connection) -> str | None:
+    # Read straight from the table: Alembic's MigrationContext logs two lines each time,
+    # and /readyz asks on every probe.
+    if not inspect(conn).has_table(VERSION_TABLE):
+        return None
+    return conn.execute(select(_VERSION.c.version_num)).scalar_one_or_none()
 
 
 def head() -> str | None:
@@ -82,12 +96,23 @@ def head() -> str | None:
     return _scripts().get_current_head()
 
 
+def revisions() -> list[str]:
+    """The revisions the package ships, oldest first."""
+    return [script.revision for script in reversed(list(_scripts().walk_revisions()))]
+
+
+def precedes(revision: str, than: str) -> bool:
+    """Whether ``revision`` comes before ``than`` (an upgrade to it would do nothing)."""
+    if revision in ("head", than) or than not in revisions():
+        return False
+    return revision == "base" or revision in {s.revision for s in _scripts().iterate_revisions(than, "base")}
+
+
 def behind(conn: Connection) -> bool:
     """Whether the database needs ``upgrade`` for this version: never migrated, or at a
     revision older than the package's head. A revision the package does not know is newer
     (a later version migrated it during a rolling deploy), and counts as not behind."""
-    context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-    revision = context.get_current_revision()
+    revision = _revision(conn)
     return revision is None or revision in _older_revisions()
 
 
@@ -113,16 +138,9 @@ def _adopt_legacy_version(conn: Connection, config: Config) -> None:
     adopted = [revision for revision in rows if revision in ours]
     if not adopted:
         return  # another application's revisions: not ours to touch
-    # The shape Alembic gives its version tables.
-    version = Table(
-        VERSION_TABLE,
-        MetaData(),
-        Column("version_num", String(32), nullable=False),
-        PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"),
-    )
-    version.create(conn)
+    _VERSION.create(conn)
     for revision in adopted:
-        conn.execute(version.insert().values(version_num=revision))
+        conn.execute(_VERSION.insert().values(version_num=revision))
         conn.execute(text(f"DELETE FROM {LEGACY_VERSION_TABLE} WHERE version_num = :r"), {"r": revision})
     if len(adopted) == len(rows):
         conn.execute(text(f"DROP TABLE {LEGACY_VERSION_TABLE}"))

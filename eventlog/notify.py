@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -77,11 +78,17 @@ class RedisNotifier(LocalNotifier):
         channel: str,
         *,
         retry_seconds: float = 1.0,
+        max_retry_seconds: float = 30.0,
         gather_seconds: float = 0.005,
     ) -> None:
         super().__init__()
         self.channel = channel
+        # While Redis is down, each worker waits longer before each new attempt (up to the
+        # cap): the periodic reads deliver meanwhile, and the log gets a line per attempt.
         self.retry_seconds = retry_seconds
+        self.max_retry_seconds = max_retry_seconds
+        self._failed_subscribes = 0
+        self._failed_publishes = 0
         # How long the sender waits after a first announcement for more to share its PUBLISH.
         # Each PUBLISH cost the publishing worker half as much CPU as storing its batch did;
         # other processes hear of events a few milliseconds later (this one at once).
@@ -140,9 +147,15 @@ class RedisNotifier(LocalNotifier):
                 continue  # Redis failed a moment ago; the other hubs' periodic reads cover it
             try:
                 self._client.publish(self.channel, json.dumps({"first": unsent[0], "last": unsent[1]}))
+                self._failed_publishes = 0
             except redis.RedisError as error:
-                self._publish_paused_until = time.monotonic() + self.retry_seconds
-                log.warning("redis publish failed (%s); other processes will poll", type(error).__name__)
+                pause = self._backoff(self._failed_publishes)
+                self._failed_publishes += 1
+                self._publish_paused_until = time.monotonic() + pause
+                log.warning(
+                    "redis publish failed (%s); other processes will poll; next try in %.1f s",
+                    type(error).__name__, pause,
+                )
 
     def listen(self, ring: Ring, stop: threading.Event) -> None:
         self._rings.append(ring)
@@ -151,10 +164,15 @@ class RedisNotifier(LocalNotifier):
                 try:
                     self._subscribe(ring, stop)
                 except redis.RedisError as error:
-                    log.warning("redis subscription lost (%s); retrying", type(error).__name__)
-                    stop.wait(self.retry_seconds)
+                    pause = self._backoff(self._failed_subscribes)
+                    self._failed_subscribes += 1
+                    log.warning("redis subscription lost (%s); retrying in %.1f s", type(error).__name__, pause)
+                    stop.wait(pause)
         finally:
             self._rings.remove(ring)
+
+    def _backoff(self, failures: int) -> float:
+        return backoff(failures, self.retry_seconds, self.max_retry_seconds)
 
     def ping(self) -> bool:
         """Whether Redis answers (for readiness checks)."""
@@ -175,12 +193,21 @@ class RedisNotifier(LocalNotifier):
                     # Confirmed, now or after redis-py reconnected by itself: whatever was
                     # announced while we were not listening is in SQL, so re-read once.
                     self._connected.set(1)
+                    self._failed_subscribes = 0
                     ring(None)
                 elif message["type"] == "message":
                     ring(_last_id(message["data"]))
         finally:
             self._connected.set(0)
             pubsub.close()
+
+
+def backoff(failures: int, base: float, cap: float, draw: Callable[[], float] = random.random) -> float:
+    """The wait after ``failures`` failed attempts in a row (0 after the first): ``base``
+    doubled per failure up to ``cap``, then "equal jitter" (a random point in the upper
+    half), so that workers cut off together do not all come back at the same moment."""
+    ceiling = min(cap, base * 2.0 ** min(failures, 30))
+    return ceiling / 2 + draw() * ceiling / 2
 
 
 def _last_id(payload: bytes) -> int | None:

@@ -244,7 +244,7 @@ def with_connection(app: WSGIApplication, *, request_timeout: float) -> WSGIAppl
         take_url_tokens(environ)
         client = environ.get("gunicorn.socket")
         if client is not None:
-            environ[CLIENT_GONE] = _closed_by_peer(client)
+            environ[CLIENT_GONE] = _ClosedByPeer(client)
             deadline = time.monotonic() + request_timeout
             environ["wsgi.input"] = _TimedBody(environ["wsgi.input"], deadline, request_timeout)
         return app(environ, start_response)
@@ -299,14 +299,19 @@ class _TimedBody:
             raise BadRequest(f"the request body is malformed: {error}") from None
 
 
-def _closed_by_peer(client: socket.socket) -> Callable[[], bool]:
-    """Whether the client has closed its end of ``client``, asked without waiting.
+class _ClosedByPeer:
+    """Whether the client has closed its end of ``client``, asked without waiting; and a
+    watch that says so as soon as it happens.
 
     An SSE client sends nothing after its request, so a socket that reads as ended (or reset)
     belongs to a client that is gone; anything else, data included, counts as still there.
     """
 
-    def gone() -> bool:
+    def __init__(self, client: socket.socket) -> None:
+        self._client = client
+
+    def __call__(self) -> bool:
+        client = self._client
         timeout = client.gettimeout()
         client.settimeout(0)  # a gevent socket would otherwise park this greenlet until data
         try:
@@ -318,7 +323,18 @@ def _closed_by_peer(client: socket.socket) -> Callable[[], bool]:
         finally:
             client.settimeout(timeout)
 
-    return gone
+    def watch(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake`` once the client closes (the socket turns readable at its end), so a
+        closed stream leaves at once, not at the next heartbeat; returns the cancel."""
+        watcher = gevent.get_hub().loop.io(self._client.fileno(), 1)  # 1: readable
+
+        def readable() -> None:
+            watcher.stop()  # once: data from a client that stays would keep it firing
+            if self():
+                wake()
+
+        watcher.start(readable)
+        return watcher.close  # type: ignore[no-any-return]
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -72,16 +72,21 @@ def event_stream(
 
     ``envelope``: each frame's data is the whole stored event (the multi-stream endpoint).
     ``client_gone``, when the server can tell, says whether the client closed its end; it is
-    asked at each heartbeat tick, so a closed idle stream ends at the first tick after the
-    close. Otherwise only a failed write ends it, and TCP accepts the first write after a close.
+    asked at each heartbeat tick, and at once when its ``watch`` (if it has one) sees the
+    socket close, so a closed idle stream ends then. Otherwise only a failed write ends it,
+    and TCP accepts the first write after a close.
     ``expires_at`` (seconds since the epoch): the stream ends then, even while idle.
     ``on_end`` is called with the number of events sent when the stream ends (the access log).
     """
     subscription: Subscription | None = None
     reader: _Reader | None = None
+    unwatch: Callable[[], None] | None = None
     started = False
     try:
         subscription = hub.subscribe(streams, envelope=envelope, expires_at=expires_at)
+        watch = getattr(client_gone, "watch", None)
+        if watch is not None:
+            unwatch = watch(subscription.wake)
         reader = _Reader(
             engine, subscription, tuple(subscription.streams), page_size, page_bytes, client_gone
         )
@@ -98,6 +103,8 @@ def event_stream(
         if not started:
             yield sse.retry(retry_ms).encode()
     finally:
+        if unwatch is not None:
+            unwatch()
         if subscription is not None:
             hub.unsubscribe(subscription)
         if reader is not None:

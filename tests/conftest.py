@@ -4,6 +4,10 @@ PostgreSQL, MariaDB (or MySQL) and Redis come from EVENTLOG_TEST_POSTGRES_URL,
 EVENTLOG_TEST_MYSQL_URL and EVENTLOG_TEST_REDIS_URL (defaulting to the local servers). When one
 is unreachable its tests skip with the reason, or fail when EVENTLOG_TEST_REQUIRE_SERVICES=1
 (as on CI).
+
+Nothing shared is written to: a database server's URL names where the tests connect to create
+databases of their own (for PostgreSQL by default the server's own ``postgres``), and every
+Redis channel a test uses is named for its run (``RUN``), so concurrent runs never meet.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from helpers import CuttableProxy, free_port, wait_until
 from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError
 
 from eventlog import EventLog, create_app
@@ -37,10 +41,12 @@ from eventlog.migrate import upgrade
 from eventlog.models import Counter, Event, IdempotencyKey, PrunedStream
 
 POSTGRES_URL = os.environ.get(
-    "EVENTLOG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    "EVENTLOG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 MYSQL_URL = os.environ.get("EVENTLOG_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 REDIS_URL = os.environ.get("EVENTLOG_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+RUN = uuid.uuid4().hex[:12]
+"""This run's name, in every Redis channel it uses."""
 REQUIRE_SERVICES = os.environ.get("EVENTLOG_TEST_REQUIRE_SERVICES") == "1"
 EVENTLOG_BIN = Path(sys.executable).with_name("eventlog")
 
@@ -72,9 +78,9 @@ def fresh_database(engine: str, prefix: str, options: str = "") -> Iterator[Engi
     try:
         with admin.connect() as conn:
             conn.execute(text(f"{create.format(name)} {options}"))
-    except OperationalError:
+    except OperationalError as error:
         admin.dispose()
-        unavailable(f"{label} is not reachable at {admin.url.render_as_string()}")
+        unavailable(server_problem(error, admin.url, label))
     engine_on = make_engine(admin.url.set(database=name).render_as_string(hide_password=False))
     try:
         yield engine_on
@@ -93,6 +99,18 @@ def migrated(engine: str) -> Iterator[Engine]:
     with fresh_database(engine, "eventlog_test") as migrated_engine:
         upgrade(migrated_engine)
         yield migrated_engine
+
+
+def server_problem(error: OperationalError, url: URL, label: str) -> str:
+    """Why the database server at ``url`` cannot be used: no such database, or no server answering."""
+    message = str(error.orig)
+    if "does not exist" in message or "Unknown database" in message:
+        return (
+            f"{label} at {url.set(database=None).render_as_string()} has no database {url.database!r},"
+            " which the test URL names for the tests to connect to (they create databases of"
+            " their own from there): create it, or name another"
+        )
+    return f"{label} is not reachable at {url.render_as_string()}"
 
 
 @pytest.fixture(scope="session")
@@ -206,7 +224,7 @@ def redis_url(redis_available: str) -> str:
 @pytest.fixture
 def redis_channel() -> str:
     """A channel of this test's own, so concurrent test runs never hear each other."""
-    return f"eventlog-test-{uuid.uuid4().hex}"
+    return f"eventlog-test-{RUN}-{uuid.uuid4().hex[:12]}"
 
 
 @dataclass
@@ -335,6 +353,7 @@ def server_env(database_url: str, redis_url: str | None = None, **settings: Any)
     env["EVENTLOG_DATABASE_URL"] = database_url
     if redis_url:
         env["EVENTLOG_REDIS_URL"] = redis_url
+        env["EVENTLOG_REDIS_CHANNEL"] = f"eventlog-test-{RUN}"  # unless the test names its own
     env.update({f"EVENTLOG_{k}": str(v) for k, v in settings.items()})
     return env
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import sqlite3
 import subprocess
@@ -13,8 +14,10 @@ from click.testing import CliRunner, Result
 from conftest import EVENTLOG_BIN, Server, fresh_postgres_database, server_env
 from helpers import Listener, free_port, wait_until
 
+import eventlog
 from eventlog import migrate
 from eventlog.cli import main
+from eventlog.config import Settings, parse_duration
 
 
 @pytest.fixture
@@ -80,6 +83,27 @@ def test_fanout_interval_may_be_zero_but_not_negative(
     assert (result.exit_code == 0) is accepted, result.output
     if not accepted:
         assert "EVENTLOG_FANOUT_SECONDS must be 0 or a positive number" in result.output
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("3600", 3600), ("1h", 3600), ("30m", 1800), ("7d", 604800), ("1.5h", 5400), ("45s", 45)]
+)
+def test_durations_read_as_token_ttls_do(value: str, seconds: float) -> None:
+    """One parser: EVENTLOG_RETAIN_SECONDS (and every *_SECONDS setting) and --ttl agree."""
+    assert Settings.from_config({"EVENTLOG_RETAIN_SECONDS": value}).retain_seconds == seconds
+    assert Settings.from_config({"EVENTLOG_PRUNE_SECONDS": value}).prune_seconds == seconds
+    assert parse_duration(value) == seconds
+
+
+def test_a_bad_duration_says_what_is_taken(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTLOG_RETAIN_SECONDS", "1 week")
+    assert "EVENTLOG_RETAIN_SECONDS must be a number of seconds, or a duration such as 30m, 1h or 7d" in one_line_error(
+        runner.invoke(main, ["db", "current"])
+    )
+    monkeypatch.delenv("EVENTLOG_RETAIN_SECONDS")
+    monkeypatch.setenv("EVENTLOG_JWT_SECRET", "s" * 32)
+    assert runner.invoke(main, ["token", "create", "--ttl", "1.5h"]).exit_code == 0
+    assert runner.invoke(main, ["token", "create", "--ttl", "0m"]).exit_code == 2
 
 
 # --- start-up failures: one line, exit status 1, nothing created by surprise -----------------
@@ -174,3 +198,26 @@ def test_a_publish_from_the_shell_is_announced_before_the_command_exits(
     event_id = json.loads(published.stdout)["id"]
     wait_until(lambda: listener.ids() == [event_id], timeout=5)
     listener.close()
+
+
+def test_version() -> None:
+    done = subprocess.run([str(EVENTLOG_BIN), "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert done.stdout == f"eventlog {importlib.metadata.version('eventlog')}\n" == f"eventlog {eventlog.__version__}\n"
+
+
+def test_db_current_on_a_path_that_cannot_hold_the_file_is_an_error(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("EVENTLOG_DATABASE_URL", f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
+    assert "there is no directory for the database file" in one_line_error(runner.invoke(main, ["db", "current"]))
+
+
+def test_db_upgrade_never_downgrades_and_names_unknown_revisions(runner: CliRunner) -> None:
+    assert runner.invoke(main, ["db", "upgrade", "0004"]).exit_code == 0
+    error = one_line_error(runner.invoke(main, ["db", "upgrade", "0001"]))
+    assert error == "Error: the database is at revision 0004, past 0001; `eventlog db upgrade` does not downgrade"
+    assert "there is no revision 'f00d'" in one_line_error(runner.invoke(main, ["db", "upgrade", "f00d"]))
+    assert runner.invoke(main, ["db", "current"]).output.strip() == "0004"
+    assert runner.invoke(main, ["db", "upgrade", "0004"]).output.strip() == "database at revision 0004"
+    assert runner.invoke(main, ["db", "upgrade"]).output.strip() == f"database at revision {migrate.head()}"

@@ -136,6 +136,23 @@ def test_closed_client_frees_its_subscription_within_a_heartbeat(server: Server)
     assert time.monotonic() - closed < 1.5
 
 
+def test_a_closed_client_stops_counting_long_before_the_next_heartbeat(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """/healthz and the live-subscribers gauge count streams: a closed one leaves at once,
+    seen on its socket, not a heartbeat (a minute here) later."""
+    server = start_server(sqlite_database(tmp_path), HEARTBEAT_SECONDS=60)
+    for _ in range(2):  # and again on the same worker, once the first watch is over
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"GET /events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n")
+            received = b""
+            while b"retry:" not in received:
+                received += sock.recv(4096)
+            assert subscribers(server) == 1
+        wait_until(lambda: subscribers(server) == 0, timeout=20)
+        assert "eventlog_live_subscribers 0.0" in httpx.get(f"{server.url}/metrics").text
+
+
 def test_second_server_on_a_taken_port_refuses_to_start(server: Server) -> None:
     """Workers bind with SO_REUSEPORT, which would let a second server share the port and
     split the connections silently; it must stop with a clear message instead."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
 import time
 
@@ -12,7 +14,7 @@ from flask import Flask
 from helpers import free_port, wait_until
 
 from eventlog import EventFilter, EventLog, create_app
-from eventlog.notify import RedisNotifier
+from eventlog.notify import RedisNotifier, backoff
 from eventlog.store import read_page
 
 
@@ -135,3 +137,25 @@ def test_announcements_close_together_share_one_publish(redis_url: str, redis_ch
     speaker.close()
     subscriber.close()
     assert messages == [{"first": 1, "last": 20}]
+
+
+def test_backoff_doubles_with_jitter_up_to_its_cap() -> None:
+    assert [backoff(n, 1.0, 30.0, draw=lambda: 1.0) for n in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    assert [backoff(n, 1.0, 30.0, draw=lambda: 0.0) for n in range(3)] == [0.5, 1, 2]
+
+
+def test_with_redis_down_each_reconnect_waits_longer(caplog: pytest.LogCaptureFixture) -> None:
+    """Not a line per second per worker while Redis is away: the waits grow (to a cap)."""
+    notifier = RedisNotifier(f"redis://127.0.0.1:{free_port()}/0", "nowhere", retry_seconds=0.05, max_retry_seconds=0.8)
+    stop = threading.Event()
+    listener = threading.Thread(target=notifier.listen, args=(lambda _: None, stop), daemon=True)
+    with caplog.at_level(logging.WARNING, logger="eventlog.notify"):
+        listener.start()
+        wait_until(lambda: len(caplog.records) >= 7, timeout=10)
+        stop.set()
+        listener.join(timeout=5)
+        notifier.close()
+    waits = [float(m) for m in re.findall(r"retrying in ([0-9.]+) s", caplog.text)]
+    # Doubling (with jitter in each one's upper half), then between half the cap and the cap.
+    assert waits[:5] == sorted(waits[:5]) and waits[0] <= 0.1
+    assert all(0.4 <= wait <= 0.8 for wait in waits[4:7])
