@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import EVENTLOG_BIN, Server, fresh_postgres_database, server_env
+from conftest import EVENTLOG_BIN, Server, fresh_database, server_env
 from helpers import Listener, free_port, wait_until
 
 import eventlog
@@ -144,11 +144,14 @@ def test_a_bad_database_url_names_the_setting(
     assert message in one_line_error(runner.invoke(main, ["query"]))
 
 
-def test_postgres_urls_as_hosting_providers_write_them_work(
-    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("engine_name", "scheme"), [("postgresql", "postgres"), ("mysql", "mysql"), ("mysql", "mariadb")]
+)
+def test_urls_as_hosting_providers_write_them_work(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch, engine_name: str, scheme: str
 ) -> None:
-    with fresh_postgres_database("eventlog_cli") as engine:
-        plain = engine.url.set(drivername="postgres").render_as_string(hide_password=False)
+    with fresh_database(engine_name, "eventlog_cli") as engine:
+        plain = engine.url.set(drivername=scheme).render_as_string(hide_password=False)
         monkeypatch.setenv("EVENTLOG_DATABASE_URL", plain)
         result = runner.invoke(main, ["db", "upgrade"])
         assert result.exit_code == 0, result.output
