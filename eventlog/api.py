@@ -33,7 +33,16 @@ from werkzeug.exceptions import HTTPException, NotFound
 from . import metrics, sse
 from .auth import EVERY_STREAM, Rights
 from .body import decode_json
-from .errors import EventlogError, InvalidRequest, SchemaBehind, UnsupportedMediaType, problem
+from .db_errors import out_of_space, statement_timed_out
+from .errors import (
+    EventlogError,
+    InvalidRequest,
+    OutOfSpace,
+    SchemaBehind,
+    StatementTimeout,
+    UnsupportedMediaType,
+    problem,
+)
 from .events import StoredEvent, check_name
 from .extension import EXTENSION_KEY, current_eventlog
 from .http_auth import URL_TOKEN, add_cors_headers, request_token, take_url_tokens
@@ -204,6 +213,16 @@ def handle_error(error: Exception) -> Response:
         log.error("the database's schema is behind this version (%s): run eventlog db upgrade", type(error).__name__)
         body = SchemaBehind(
             "the database's schema is behind this version of eventlog; run `eventlog db upgrade`"
+        ).problem()
+    elif out_of_space(error):
+        log.error("the database is out of space (%s): nothing was stored", type(error).__name__)
+        body = OutOfSpace("the database is out of space; nothing was stored").problem()
+    elif statement_timed_out(error):
+        cap = current_eventlog().settings.statement_timeout_seconds
+        log.warning("a statement ran past the statement timeout (%g s)", cap)
+        body = StatementTimeout(
+            f"the database stopped the request at its statement timeout ({cap:g} s) and"
+            " stored nothing; it is overloaded: retry later, or send smaller batches"
         ).problem()
     elif _database_unavailable(error):
         # The type only: SQLAlchemy's message carries the statement's parameters (event data).

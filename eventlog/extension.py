@@ -27,6 +27,7 @@ from . import metrics, migrate
 from .auth import TokenAuth
 from .config import Settings, key_of
 from .database import Timeouts, make_engine
+from .db_errors import out_of_space, statement_timed_out
 from .errors import ConfigError, IdempotencyConflict, QueryTooLong
 from .events import EventFilter, NewEvent, StoredEvent
 from .hub import Hub
@@ -49,7 +50,9 @@ from .validation import parse_events
 from .writer import Writer
 
 EXTENSION_KEY = "eventlog"
-QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement its statement_timeout ended
+OUT_OF_SPACE_REPORT_SECONDS = 30.0
+"""How long readiness reports a write refused for lack of space when no write follows: a
+host that a load balancer took out of rotation gets publishes again, which find out anew."""
 
 DatabaseSession = Session | scoped_session[Session] | Connection
 """What ``publish(..., session=...)`` writes in: the caller's open transaction."""
@@ -82,6 +85,9 @@ class _State:
         self.policy = Policy(settings.retain_seconds, settings.retain_events)
         self.pruner = Pruner(self.engine, self.policy, interval=settings.prune_seconds)
         self.pruner.start()
+        # When a publish of this process last found the database out of space (monotonic
+        # time), until one succeeds: what readiness reports.
+        self.out_of_space_at: float | None = None
 
     def close(self) -> None:
         self.pruner.stop()
@@ -232,9 +238,13 @@ class EventLog:
                     measured.stored.inc(len(events))
             else:
                 outcome = self._append_in(session, events, idempotency_key)
-        except Exception:
+        except Exception as error:
             measured.refused.inc(len(events))
+            if out_of_space(error):
+                state.out_of_space_at = time.monotonic()
             raise
+        if not outcome.replayed:
+            state.out_of_space_at = None  # a write went through: there is space again
         if outcome.replayed:
             measured.idempotent_replay.inc(len(events))
         return outcome
@@ -276,7 +286,7 @@ class EventLog:
                     with_pruned=True,
                 )
             except DBAPIError as error:
-                if getattr(error.orig, "sqlstate", None) != QUERY_CANCELED:
+                if not statement_timed_out(error):
                     raise
                 raise QueryTooLong(
                     f"the query took longer than {cap:g} s; narrow it with stream, type,"
@@ -323,8 +333,10 @@ class EventLog:
         )
 
     def readiness(self) -> dict[str, str]:
-        """What answers: ``database`` ("ok", "unreachable", or "not migrated" when its schema
-        is behind this version) and, when configured, ``redis`` ("ok" or "unreachable")."""
+        """What answers: ``database`` ("ok", "unreachable", "not migrated" when its schema
+        is behind this version, or "out of space" from a publish of this process that the
+        database refused for lack of space until one succeeds, for at most
+        OUT_OF_SPACE_REPORT_SECONDS) and, when configured, ``redis`` ("ok" or "unreachable")."""
         state = self._state()
         checks: dict[str, str] = {}
         try:
@@ -332,6 +344,10 @@ class EventLog:
                 checks["database"] = "not migrated" if migrate.behind(conn) else "ok"
         except SQLAlchemyError:
             checks["database"] = "unreachable"
+        full_at = state.out_of_space_at
+        if checks["database"] == "ok" and full_at is not None:
+            if time.monotonic() - full_at < OUT_OF_SPACE_REPORT_SECONDS:
+                checks["database"] = "out of space"
         if isinstance(state.notifier, RedisNotifier):
             checks["redis"] = "ok" if state.notifier.ping() else "unreachable"
         return checks
