@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from typing import Any
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from .deadline import MIN_CONNECT_SECONDS
 from .errors import ConfigError
 
 PREFIX = "EVENTLOG_"
@@ -158,7 +160,9 @@ def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
 
 def _check_reply_timeout(values: dict[str, Any]) -> None:
     """This side must wait longer than the server's own caps, so that a statement the server
-    cancels reports why (a 503 or the audit's "too long") instead of a lost connection."""
+    cancels reports why (a 503 or the audit's "too long") instead of a lost connection; and
+    longer than a new connection may take (libpq: whole seconds, at least 2), since the reply
+    timeout bounds a request's database work in all, connecting included (``deadline.py``)."""
     reply = values["reply_timeout_seconds"]
     for name in ("statement_timeout_seconds", "audit_timeout_seconds"):
         if reply and not 0 < values[name] < reply:
@@ -166,6 +170,13 @@ def _check_reply_timeout(values: dict[str, Any]) -> None:
                 f"{key_of('reply_timeout_seconds')} ({reply:g}) must be above {key_of(name)}"
                 f" ({values[name]:g}), which must then not be 0"
             )
+    connect = values["connect_timeout_seconds"]
+    if reply and connect and reply <= max(MIN_CONNECT_SECONDS, math.ceil(connect)):
+        raise ConfigError(
+            f"{key_of('reply_timeout_seconds')} ({reply:g}) must be above"
+            f" {key_of('connect_timeout_seconds')} ({connect:g}) rounded up to whole seconds,"
+            f" and above {MIN_CONNECT_SECONDS}"
+        )
 
 
 def _database_url(raw: str) -> str:

@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from . import deadline
+
 WRITE_OPTION = "eventlog_writes"
 WRITES = {WRITE_OPTION: True}
 """Execution options for an engine whose transactions write the log (see ``make_engine``)."""
@@ -74,8 +76,9 @@ def make_engine(url: str, timeouts: Timeouts | None = None, **options: Any) -> E
 
 
 def connection_parameters(timeouts: Timeouts) -> dict[str, Any]:
-    """The libpq parameters that carry ``timeouts``: the server-side ones travel in
-    ``options``, so they hold from the session's first statement, without a round trip."""
+    """The libpq parameters that carry ``timeouts`` (but the connect timeout, which depends
+    on the moment: ``_connect_timeout``): the server-side ones travel in ``options``, so they
+    hold from the session's first statement, without a round trip."""
     server = {
         "statement_timeout": timeouts.statement,
         "lock_timeout": timeouts.lock,
@@ -83,8 +86,6 @@ def connection_parameters(timeouts: Timeouts) -> dict[str, Any]:
     }
     parameters: dict[str, Any] = {
         "options": " ".join(f"-c {name}={_ms(seconds)}" for name, seconds in server.items()),
-        # libpq counts whole seconds (and takes less than 2 as 2); 0 waits as long as TCP does.
-        "connect_timeout": math.ceil(timeouts.connect),
     }
     if timeouts.keepalive:
         idle = math.ceil(timeouts.keepalive)
@@ -109,9 +110,23 @@ def _bound_postgresql(engine: Engine, timeouts: Timeouts) -> None:
     @event.listens_for(engine, "do_connect")
     def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
         # The URL's own query parameters win: an operator may tune one connection string.
-        connection = BoundedConnection.connect(*cargs, **{**parameters, **cparams})
+        connection = BoundedConnection.connect(
+            *cargs, **{**parameters, "connect_timeout": _connect_timeout(timeouts), **cparams}
+        )
         connection.reply_timeout = timeouts.reply
         return connection
+
+
+def _connect_timeout(timeouts: Timeouts) -> int:
+    """libpq's ``connect_timeout`` for a connection begun now: within the request's deadline
+    (``deadline.py``); none is begun without the 2 s libpq needs at least. libpq counts whole
+    seconds (and takes less than 2 as 2); 0 waits as long as TCP does."""
+    from psycopg.errors import ConnectionTimeout
+
+    seconds = deadline.connect_limit(timeouts.connect)
+    if seconds is None:
+        raise ConnectionTimeout("no time left to connect to the database within the reply timeout")
+    return seconds
 
 
 def _ms(seconds: float) -> int:

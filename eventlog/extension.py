@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from typing import Any
 
@@ -23,7 +24,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, scoped_session
 
-from . import metrics, migrate
+from . import deadline, metrics, migrate
 from .auth import TokenAuth
 from .config import Settings, key_of
 from .database import Timeouts, make_engine
@@ -88,6 +89,12 @@ class _State:
         # When a publish of this process last found the database out of space (monotonic
         # time), until one succeeds: what readiness reports.
         self.out_of_space_at: float | None = None
+
+    def deadline(self) -> AbstractContextManager[float | None]:
+        """The bound of one request's database work: EVENTLOG_REPLY_TIMEOUT_SECONDS in all,
+        on PostgreSQL (SQLite's waits are its own lock's, bounded by its busy timeout)."""
+        postgres = self.engine.dialect.name == "postgresql"
+        return deadline.within(self.settings.reply_timeout_seconds if postgres else 0)
 
     def close(self) -> None:
         self.pruner.stop()
@@ -231,7 +238,8 @@ class EventLog:
             if session is None:
                 started = time.perf_counter()
                 try:
-                    outcome = state.writer.write(Publish(events, idempotency_key))
+                    with state.deadline() as at:
+                        outcome = state.writer.write(Publish(events, idempotency_key), at)
                 finally:
                     measured.publish_duration.observe(time.perf_counter() - started)
                 if not outcome.replayed:
@@ -272,7 +280,7 @@ class EventLog:
         """
         state = self._state()
         cap = state.settings.audit_timeout_seconds
-        with snapshot(state.engine) as conn:
+        with state.deadline(), snapshot(state.engine) as conn:
             if cap and conn.dialect.name == "postgresql":
                 # LOCAL: it ends with this read's transaction, the pooled session keeps its own.
                 conn.exec_driver_sql(f"SET LOCAL statement_timeout = {round(cap * 1000)}")
@@ -340,7 +348,7 @@ class EventLog:
         state = self._state()
         checks: dict[str, str] = {}
         try:
-            with state.engine.connect() as conn:
+            with state.deadline(), state.engine.connect() as conn:
                 checks["database"] = "not migrated" if migrate.behind(conn) else "ok"
         except SQLAlchemyError:
             checks["database"] = "unreachable"

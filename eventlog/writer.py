@@ -13,9 +13,10 @@ Nobody leads twice in a row, so no caller waits behind an endless stream of othe
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, exc
 
 from .database import WRITES
 from .errors import IdempotencyConflict
@@ -52,15 +53,25 @@ class Writer:
         self._queue: list[_Ticket] = []
         self._busy = False
 
-    def write(self, publish: Publish) -> Appended:
-        """Store one publish and return its result once committed (blocks until then)."""
+    def write(self, publish: Publish, deadline: float | None = None) -> Appended:
+        """Store one publish and return its result once committed (blocks until then).
+
+        With a ``deadline`` (``time.monotonic()`` time) a publish still queued then, or
+        made the leader too late to begin, leaves the queue with SQLAlchemy's TimeoutError
+        (the one a pool raises); one already in a batch gets that batch's outcome, which its
+        leader, queued before it, has by its own earlier deadline.
+        """
         ticket = _Ticket(publish)
         with self._lock:
             self._queue.append(ticket)
             if not self._busy:
                 self._busy = ticket.leads = True
         if not ticket.leads:
-            ticket.ready.wait()  # written by a leader, or made the next leader
+            # Written by a leader, or made the next leader.
+            ticket.ready.wait(None if deadline is None else max(deadline - time.monotonic(), 0))
+            if deadline is not None and time.monotonic() >= deadline and self._leave(ticket):
+                raise exc.TimeoutError("the database did not take this publish in time")
+            ticket.ready.wait()
         if ticket.leads:
             self._lead()
         if ticket.error is not None:
@@ -91,14 +102,30 @@ class Writer:
                 ticket.error = error
         finally:
             with self._lock:
-                if self._queue:
-                    self._queue[0].leads = True
-                    self._queue[0].ready.set()
-                else:
-                    self._busy = False
+                self._hand_over()
             for ticket in batch:
                 ticket.leads = False
                 ticket.ready.set()
+
+    def _hand_over(self) -> None:
+        """Make the first queued caller the leader, or the writer idle (under the lock)."""
+        if self._queue:
+            self._queue[0].leads = True
+            self._queue[0].ready.set()
+        else:
+            self._busy = False
+
+    def _leave(self, ticket: _Ticket) -> bool:
+        """Take ``ticket`` out of the queue unless a leader has taken it into a batch; a
+        lead it was handed and had not begun passes on. Whether it left."""
+        with self._lock:
+            if ticket not in self._queue:
+                return False
+            self._queue.remove(ticket)
+            if ticket.leads:
+                ticket.leads = False
+                self._hand_over()
+            return True
 
     def _append_autocommit(
         self, publishes: list[Publish]
