@@ -51,7 +51,7 @@ class Settings:
     redis_channel: str = "eventlog"
     max_data_bytes: int = 1024 * 1024
     max_batch: int = 1000
-    max_request_bytes: int = 64 * 1024 * 1024
+    max_request_bytes: int = 8 * 1024 * 1024  # stores well within the timeouts (README)
     heartbeat_seconds: float = 15.0
     retry_ms: int = 2000
     poll_seconds: float = 1.0

@@ -81,7 +81,7 @@ class _State:
             buffer_bytes=settings.subscriber_buffer_bytes,
             page_bytes=settings.page_bytes,
         )
-        self.writer = Writer(self.engine, self.notifier.announce)
+        self.writer = Writer(self.engine, self.notifier.announce, max_bytes=settings.max_request_bytes)
         self.auth = auth
         self.policy = Policy(settings.retain_seconds, settings.retain_events)
         self.pruner = Pruner(self.engine, self.policy, interval=settings.prune_seconds)

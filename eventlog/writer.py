@@ -12,6 +12,7 @@ Nobody leads twice in a row, so no caller waits behind an endless stream of othe
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -42,7 +43,12 @@ class Writer:
     """Appends publishes to the log, sharing transactions between concurrent callers, and
     announces what each transaction stored once it has committed."""
 
-    def __init__(self, engine: Engine, announce: Callable[[int, int], None]) -> None:
+    def __init__(
+        self, engine: Engine, announce: Callable[[int, int], None], *, max_bytes: int | None = None
+    ) -> None:
+        """``max_bytes``: most event data per shared transaction (one publish may hold more):
+        what one publish may send (EVENTLOG_MAX_REQUEST_BYTES) is what is known to store
+        within the statement timeout, and concurrent large batches must not add up past it."""
         self._engine = engine.execution_options(**WRITES)
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         # Kept between batches: only the leader uses it, one batch at a time, and checking a
@@ -52,6 +58,7 @@ class Writer:
         self._lock = threading.Lock()
         self._queue: list[_Ticket] = []
         self._busy = False
+        self._max_bytes = math.inf if max_bytes is None else max_bytes
 
     def write(self, publish: Publish, deadline: float | None = None) -> Appended:
         """Store one publish and return its result once committed (blocks until then).
@@ -149,11 +156,13 @@ class Writer:
             self._held = None
 
     def _take(self) -> list[_Ticket]:
-        """The queued tickets, oldest first, up to MAX_EVENTS events (at least one)."""
-        count, taken = 0, 0
+        """The queued tickets, oldest first, up to MAX_EVENTS events and ``max_bytes`` of
+        data (at least one)."""
+        count, size, taken = 0, 0, 0
         for ticket in self._queue:
             count += len(ticket.publish.events)
-            if taken and count > MAX_EVENTS:
+            size += sum(len(e.data) for e in ticket.publish.events)
+            if taken and (count > MAX_EVENTS or size > self._max_bytes):
                 break
             taken += 1
         batch, self._queue = self._queue[:taken], self._queue[taken:]
