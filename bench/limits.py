@@ -7,7 +7,9 @@ machine's cores kept busy: the figures EVENTLOG_MAX_REQUEST_BYTES is chosen from
 Each size is one batch of 1,000 events whose data is what a web app sends (objects of short
 strings and numbers: slower to parse and to compress than one long string), published over
 HTTP to ``eventlog serve`` (one worker) with the timeouts lifted, so every size is measured
-to the end. It prints the status and the seconds from sending to the answer.
+to the end. It prints the status and the seconds from sending to the answer; then, in this
+process, where a publish of each size spends them: decoding the body, checking the events,
+and the database's part (the statement and the commit, which the statement timeout bounds).
 """
 
 from __future__ import annotations
@@ -62,6 +64,32 @@ def measure(url: str, label: str, sizes: list[int], repeat: int) -> None:
                       f" in {time.monotonic() - started:5.2f} s", flush=True)
 
 
+def breakdown(url: str, label: str, sizes: list[int]) -> None:
+    """Time each step of a publish, in this process (the server's steps, without HTTP)."""
+    from eventlog.body import decode_json
+    from eventlog.database import WRITES, make_engine
+    from eventlog.store import Publish, append_all
+    from eventlog.validation import parse_events
+
+    engine = make_engine(url)
+    rng = random.Random(21)
+    try:
+        for mib in sizes:
+            body = batch(mib << 20, 1000, rng)
+            started = time.monotonic()
+            value = decode_json(body)
+            decoded = time.monotonic()
+            events, _ = parse_events("limits", value, max_data_bytes=1 << 30, max_batch=1000)
+            checked = time.monotonic()
+            with engine.execution_options(**WRITES).begin() as conn:
+                append_all(conn, [Publish(events)])
+            stored = time.monotonic()
+            print(f"{label:10} {len(body) / (1 << 20):5.1f} MiB: decode {decoded - started:5.2f} s,"
+                  f" check {checked - decoded:5.2f} s, database {stored - checked:5.2f} s", flush=True)
+    finally:
+        engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="4,8,16,32,64", help="batch sizes in MiB (default %(default)s)")
@@ -77,8 +105,10 @@ def main() -> None:
             subprocess.run([str(EVENTLOG_BIN), "db", "upgrade"], check=True,
                            env={**clean_env(), "EVENTLOG_DATABASE_URL": sqlite}, stdout=subprocess.DEVNULL)
             measure(sqlite, "sqlite", sizes, args.repeat)
+            breakdown(sqlite, "sqlite", sizes)
         with fresh_database() as postgres:
             measure(postgres, "postgresql", sizes, args.repeat)
+            breakdown(postgres, "postgresql", sizes)
     finally:
         for burner in burners:
             burner.kill()
