@@ -251,10 +251,10 @@ class EventLog:
             if out_of_space(error):
                 state.out_of_space_at = time.monotonic()
             raise
-        if not outcome.replayed:
-            state.out_of_space_at = None  # a write went through: there is space again
         if outcome.replayed:
             measured.idempotent_replay.inc(len(events))
+        else:
+            state.out_of_space_at = None  # a write went through: there is space again
         return outcome
 
     def _append_in(
