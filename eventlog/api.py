@@ -40,7 +40,9 @@ from .errors import (
     DatabaseUnavailable,
     EventlogError,
     InvalidRequest,
+    OutOfSpace,
     SchemaBehind,
+    StatementTimeout,
     UnsupportedMediaType,
     problem,
 )
@@ -244,7 +246,17 @@ def _database_failure(error: Exception) -> Exception:
         return SchemaBehind(
             "the database's schema is behind this version of eventlog; run `eventlog db upgrade`"
         )
-    if failure is not None:  # unreachable, or a wait (a lock, a statement) ran out
+    if failure is OutOfSpace:
+        log.error("the database is out of space (%s): nothing was stored", type(error).__name__)
+        return OutOfSpace("the database is out of space; nothing was stored")
+    if failure is StatementTimeout:
+        cap = current_eventlog().settings.statement_timeout_seconds
+        log.warning("a statement ran past the statement timeout (%g s)", cap)
+        return StatementTimeout(
+            f"the database stopped the request at its statement timeout ({cap:g} s) and"
+            " stored nothing; it is overloaded: retry later, or send smaller batches"
+        )
+    if failure is not None:  # unreachable, or a wait (a lock, a connection) ran out
         # The type only: SQLAlchemy's message carries the statement's parameters (event data).
         log.warning("database unavailable (%s)", type(error).__name__)
         return DatabaseUnavailable("the database is unavailable; retry shortly")

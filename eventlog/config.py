@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Collection, Iterable, Mapping
@@ -26,6 +27,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .database import SUPPORTED, supported_url
+from .deadline import MIN_CONNECT_SECONDS
 from .errors import ConfigError
 
 PREFIX = "EVENTLOG_"
@@ -53,7 +55,7 @@ class Settings:
     redis_channel: str = "eventlog"
     max_data_bytes: int = 1024 * 1024
     max_batch: int = 1000
-    max_request_bytes: int = 64 * 1024 * 1024
+    max_request_bytes: int = 8 * 1024 * 1024  # stores well within the timeouts (README)
     heartbeat_seconds: float = 15.0
     retry_ms: int = 2000
     poll_seconds: float = 1.0
@@ -207,7 +209,9 @@ def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
 
 def _check_reply_timeout(values: dict[str, Any]) -> None:
     """This side must wait longer than the server's own caps, so that a statement the server
-    cancels reports why (a 503 or the audit's "too long") instead of a lost connection."""
+    cancels reports why (a 503 or the audit's "too long") instead of a lost connection; and
+    longer than a new connection may take (libpq: whole seconds, at least 2), since the reply
+    timeout bounds a request's database work in all, connecting included (``deadline.py``)."""
     reply = values["reply_timeout_seconds"]
     for name in ("statement_timeout_seconds", "audit_timeout_seconds"):
         if reply and not 0 < values[name] < reply:
@@ -215,6 +219,13 @@ def _check_reply_timeout(values: dict[str, Any]) -> None:
                 f"{key_of('reply_timeout_seconds')} ({reply:g}) must be above {key_of(name)}"
                 f" ({values[name]:g}), which must then not be 0"
             )
+    connect = values["connect_timeout_seconds"]
+    if reply and connect and reply <= max(MIN_CONNECT_SECONDS, math.ceil(connect)):
+        raise ConfigError(
+            f"{key_of('reply_timeout_seconds')} ({reply:g}) must be above"
+            f" {key_of('connect_timeout_seconds')} ({connect:g}) rounded up to whole seconds,"
+            f" and above {MIN_CONNECT_SECONDS}"
+        )
 
 
 def _database_url(raw: str) -> str:

@@ -10,6 +10,8 @@
     ├── QueryTooLong          503 an audit query over EVENTLOG_AUDIT_TIMEOUT_SECONDS
     ├── SchemaBehind          503 the database lacks a table or column: run eventlog db upgrade
     ├── DatabaseUnavailable   503 the database cannot answer now (down, cut off, a wait ran out)
+    ├── StatementTimeout      503 a publish the database ended at EVENTLOG_STATEMENT_TIMEOUT_SECONDS
+    ├── OutOfSpace            507 the database refused a write for lack of disk space
     └── ConfigError           a setting is missing or malformed, or the schema is not there;
                               raised at start-up, where it becomes a one-line error naming the
                               setting or the command to run
@@ -105,6 +107,26 @@ class QueryTooLong(EventlogError):
     status = 503
     slug = "query-too-long"
     title = "Query took too long"
+
+
+class StatementTimeout(EventlogError):
+    """The database ran the statement and stopped it at its time limit: it is up, so not
+    "unavailable", and the request was not too large (the limits are set to fit well within
+    the timeout, README "Limits"), so not a 413. A 503 without Retry-After, like
+    QueryTooLong: the database is overloaded, and an immediate retry would add to that."""
+
+    status = 503
+    slug = "statement-timeout"
+    title = "Database statement timed out"
+
+
+class OutOfSpace(EventlogError):
+    """507 Insufficient Storage (RFC 4918 11.5): the server cannot store what the request
+    needs. No Retry-After: space comes back when an operator or retention frees it."""
+
+    status = 507
+    slug = "out-of-space"
+    title = "Insufficient storage"
 
 
 class SchemaBehind(EventlogError):

@@ -25,11 +25,11 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, scoped_session
 
-from . import metrics, migrate
+from . import deadline, metrics, migrate
 from .auth import TokenAuth
 from .config import Settings, key_of, unknown_names
-from .database import Timeouts, backend_of, make_engine
-from .errors import ConfigError, IdempotencyConflict, QueryTooLong
+from .database import Timeouts, backend_of, classify, make_engine
+from .errors import ConfigError, IdempotencyConflict, OutOfSpace, QueryTooLong, StatementTimeout
 from .events import EventFilter, NewEvent, StoredEvent
 from .hub import Hub
 from .notify import LocalNotifier, Notifier, RedisNotifier
@@ -52,6 +52,9 @@ from .writer import Writer
 
 log = logging.getLogger(__name__)
 EXTENSION_KEY = "eventlog"
+OUT_OF_SPACE_REPORT_SECONDS = 30.0
+"""How long readiness reports a write refused for lack of space when no write follows: a
+host that a load balancer took out of rotation gets publishes again, which find out anew."""
 
 DatabaseSession = Session | scoped_session[Session] | Connection
 """What ``publish(..., session=...)`` writes in: the caller's open transaction."""
@@ -79,11 +82,20 @@ class _State:
             buffer_bytes=settings.subscriber_buffer_bytes,
             page_bytes=settings.page_bytes,
         )
-        self.writer = Writer(self.engine, self.notifier.announce)
+        self.writer = Writer(self.engine, self.notifier.announce, max_bytes=settings.max_request_bytes)
         self.auth = auth
         self.policy = Policy(settings.retain_seconds, settings.retain_events)
         self.pruner = Pruner(self.engine, self.policy, interval=settings.prune_seconds)
         self.pruner.start()
+        # When a publish of this process last found the database out of space (monotonic
+        # time), until one succeeds: what readiness reports.
+        self.out_of_space_at: float | None = None
+
+    def deadline(self) -> contextlib.AbstractContextManager[float | None]:
+        """The bound of one request's database work: EVENTLOG_REPLY_TIMEOUT_SECONDS in all,
+        on an engine whose driver waits can honour it (``Backend.request_deadline``)."""
+        bounded = backend_of(self.engine).request_deadline
+        return deadline.within(self.settings.reply_timeout_seconds if bounded else 0)
 
     def close(self) -> None:
         self.pruner.stop()
@@ -230,18 +242,23 @@ class EventLog:
             if session is None:
                 started = time.perf_counter()
                 try:
-                    outcome = state.writer.write(Publish(events, idempotency_key))
+                    with state.deadline() as at:
+                        outcome = state.writer.write(Publish(events, idempotency_key), at)
                 finally:
                     measured.publish_duration.observe(time.perf_counter() - started)
                 if not outcome.replayed:
                     measured.stored.inc(len(events))
             else:
                 outcome = self._append_in(session, events, idempotency_key)
-        except Exception:
+        except Exception as error:
             measured.refused.inc(len(events))
+            if classify(state.engine, error) is OutOfSpace:
+                state.out_of_space_at = time.monotonic()
             raise
         if outcome.replayed:
             measured.idempotent_replay.inc(len(events))
+        else:
+            state.out_of_space_at = None  # a write went through: there is space again
         return outcome
 
     def _append_in(
@@ -268,7 +285,7 @@ class EventLog:
         state = self._state()
         cap = state.settings.audit_timeout_seconds
         backend = backend_of(state.engine)
-        with snapshot(state.engine) as conn:
+        with state.deadline(), snapshot(state.engine) as conn:
             try:
                 with backend.cap_statements(conn, cap) if cap else contextlib.nullcontext():
                     return read_page(
@@ -280,7 +297,7 @@ class EventLog:
                         with_pruned=True,
                     )
             except DBAPIError as error:
-                if backend.classify(error) is not QueryTooLong:
+                if backend.classify(error) is not StatementTimeout:
                     raise
                 raise QueryTooLong(
                     f"the query took longer than {cap:g} s; narrow it with stream, type,"
@@ -327,15 +344,21 @@ class EventLog:
         )
 
     def readiness(self) -> dict[str, str]:
-        """What answers: ``database`` ("ok", "unreachable", or "not migrated" when its schema
-        is behind this version) and, when configured, ``redis`` ("ok" or "unreachable")."""
+        """What answers: ``database`` ("ok", "unreachable", "not migrated" when its schema
+        is behind this version, or "out of space" from a publish of this process that the
+        database refused for lack of space until one succeeds, for at most
+        OUT_OF_SPACE_REPORT_SECONDS) and, when configured, ``redis`` ("ok" or "unreachable")."""
         state = self._state()
         checks: dict[str, str] = {}
         try:
-            with state.engine.connect() as conn:
+            with state.deadline(), state.engine.connect() as conn:
                 checks["database"] = "not migrated" if migrate.behind(conn) else "ok"
         except SQLAlchemyError:
             checks["database"] = "unreachable"
+        full_at = state.out_of_space_at
+        if checks["database"] == "ok" and full_at is not None:
+            if time.monotonic() - full_at < OUT_OF_SPACE_REPORT_SECONDS:
+                checks["database"] = "out of space"
         if isinstance(state.notifier, RedisNotifier):
             checks["redis"] = "ok" if state.notifier.ping() else "unreachable"
         return checks

@@ -12,10 +12,12 @@ Nobody leads twice in a row, so no caller waits behind an endless stream of othe
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Callable
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, exc
 
 from .database import WRITES
 from .errors import IdempotencyConflict
@@ -41,7 +43,12 @@ class Writer:
     """Appends publishes to the log, sharing transactions between concurrent callers, and
     announces what each transaction stored once it has committed."""
 
-    def __init__(self, engine: Engine, announce: Callable[[int, int], None]) -> None:
+    def __init__(
+        self, engine: Engine, announce: Callable[[int, int], None], *, max_bytes: int | None = None
+    ) -> None:
+        """``max_bytes``: most event data per shared transaction (one publish may hold more):
+        what one publish may send (EVENTLOG_MAX_REQUEST_BYTES) is what is known to store
+        within the statement timeout, and concurrent large batches must not add up past it."""
         self._engine = engine.execution_options(**WRITES)
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         # Kept between batches: only the leader uses it, one batch at a time, and checking a
@@ -51,16 +58,27 @@ class Writer:
         self._lock = threading.Lock()
         self._queue: list[_Ticket] = []
         self._busy = False
+        self._max_bytes = math.inf if max_bytes is None else max_bytes
 
-    def write(self, publish: Publish) -> Appended:
-        """Store one publish and return its result once committed (blocks until then)."""
+    def write(self, publish: Publish, deadline: float | None = None) -> Appended:
+        """Store one publish and return its result once committed (blocks until then).
+
+        With a ``deadline`` (``time.monotonic()`` time) a publish still queued then, or
+        made the leader too late to begin, leaves the queue with SQLAlchemy's TimeoutError
+        (the one a pool raises); one already in a batch gets that batch's outcome, which its
+        leader, queued before it, has by its own earlier deadline.
+        """
         ticket = _Ticket(publish)
         with self._lock:
             self._queue.append(ticket)
             if not self._busy:
                 self._busy = ticket.leads = True
         if not ticket.leads:
-            ticket.ready.wait()  # written by a leader, or made the next leader
+            # Written by a leader, or made the next leader.
+            ticket.ready.wait(None if deadline is None else max(deadline - time.monotonic(), 0))
+            if deadline is not None and time.monotonic() >= deadline and self._leave(ticket):
+                raise exc.TimeoutError("the database did not take this publish in time")
+            ticket.ready.wait()
         if ticket.leads:
             self._lead()
         if ticket.error is not None:
@@ -91,14 +109,30 @@ class Writer:
                 ticket.error = error
         finally:
             with self._lock:
-                if self._queue:
-                    self._queue[0].leads = True
-                    self._queue[0].ready.set()
-                else:
-                    self._busy = False
+                self._hand_over()
             for ticket in batch:
                 ticket.leads = False
                 ticket.ready.set()
+
+    def _hand_over(self) -> None:
+        """Make the first queued caller the leader, or the writer idle (under the lock)."""
+        if self._queue:
+            self._queue[0].leads = True
+            self._queue[0].ready.set()
+        else:
+            self._busy = False
+
+    def _leave(self, ticket: _Ticket) -> bool:
+        """Take ``ticket`` out of the queue unless a leader has taken it into a batch; a
+        lead it was handed and had not begun passes on. Whether it left."""
+        with self._lock:
+            if ticket not in self._queue:
+                return False
+            self._queue.remove(ticket)
+            if ticket.leads:
+                ticket.leads = False
+                self._hand_over()
+            return True
 
     def _append_autocommit(
         self, publishes: list[Publish]
@@ -122,11 +156,13 @@ class Writer:
             self._held = None
 
     def _take(self) -> list[_Ticket]:
-        """The queued tickets, oldest first, up to MAX_EVENTS events (at least one)."""
-        count, taken = 0, 0
+        """The queued tickets, oldest first, up to MAX_EVENTS events and ``max_bytes`` of
+        data (at least one)."""
+        count, size, taken = 0, 0, 0
         for ticket in self._queue:
             count += len(ticket.publish.events)
-            if taken and count > MAX_EVENTS:
+            size += sum(len(e.data) for e in ticket.publish.events)
+            if taken and (count > MAX_EVENTS or size > self._max_bytes):
                 break
             taken += 1
         batch, self._queue = self._queue[:taken], self._queue[taken:]

@@ -434,7 +434,7 @@ SHORT_TIMEOUTS = {
     "LOCK_TIMEOUT_SECONDS": 1.5,
     "STATEMENT_TIMEOUT_SECONDS": 1.5,
     "AUDIT_TIMEOUT_SECONDS": 1,
-    "REPLY_TIMEOUT_SECONDS": 2,
+    "REPLY_TIMEOUT_SECONDS": 3,  # above the connect timeout: it bounds connecting too
     "CONNECT_TIMEOUT_SECONDS": 2,  # libpq's least
     "KEEPALIVE_SECONDS": 1,
     "POOL_TIMEOUT_SECONDS": 2,

@@ -80,7 +80,7 @@ def test_a_batch_as_large_as_a_request_may_be_comes_back_byte_for_byte(
     assert BATCH_BYTES - MIB < len(body) <= BATCH_BYTES
     response = client.post("/streams/big/events", data=body, content_type="application/json")
     assert response.status_code == 201, response.text[:200]
-    read = [json.loads(e.data) for e in eventlog.events(EventFilter(streams=("big",)))]
+    read = [e.data for e in eventlog.events(EventFilter(streams=("big",)))]
     assert read == values
 
 
@@ -116,7 +116,9 @@ def test_an_event_the_database_cannot_take_is_a_413_and_stores_nothing(mysql_url
     """MySQL refuses a statement over its ``max_allowed_packet`` (16 MiB on MariaDB 10.11)
     and drops the connection: an event that no INSERT can carry is refused before the
     counter is touched, so nothing is stored, no id is used, and the server goes on."""
-    app = create_app({"EVENTLOG_DATABASE_URL": mysql_url, "EVENTLOG_MAX_DATA_BYTES": 20 * MIB})
+    app = create_app(
+        {"EVENTLOG_DATABASE_URL": mysql_url, "EVENTLOG_MAX_DATA_BYTES": 20 * MIB, "EVENTLOG_MAX_REQUEST_BYTES": 21 * MIB}
+    )
     client = app.test_client()
     try:
         response = client.post("/streams/s/events", json={"data": "x" * (17 * MIB)})

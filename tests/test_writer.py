@@ -5,13 +5,16 @@ from __future__ import annotations
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
+from conftest import sqlite_database
+from helpers import wait_until
 from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
 from eventlog import EventFilter, EventLog, IdempotencyConflict, NewEvent
-from eventlog.database import make_engine
+from eventlog.database import WRITES, make_engine
 from eventlog.store import Appended, Publish, append_all, read_page
 from eventlog.writer import Writer
 
@@ -104,3 +107,28 @@ def test_writer_replaces_its_connection_after_the_server_drops_it(postgres_url: 
     writer.close()
     engine.dispose()
     assert announced == [(1, 1), (2, 3)]
+
+
+@pytest.mark.parametrize("max_bytes", [None, 1000])
+def test_a_shared_transaction_holds_at_most_max_bytes_of_data(tmp_path: Path, max_bytes: int | None) -> None:
+    """Publishes queued together share one transaction, but never more data than
+    ``max_bytes`` (what one request may send, known to store within the timeouts): several
+    large batches at once must not add up to a statement past the statement timeout."""
+    engine = make_engine(sqlite_database(tmp_path))
+    announced: list[tuple[int, int]] = []
+    writer = Writer(engine, lambda first, last: announced.append((first, last)), max_bytes=max_bytes)
+    big = [NewEvent("s", "t", '"' + "x" * 598 + '"')]  # 600 bytes: two exceed 1000
+    with engine.execution_options(**WRITES).connect() as blocker:
+        hold = blocker.begin()  # BEGIN IMMEDIATE: the first publish waits for SQLite's lock
+        with ThreadPoolExecutor(4) as pool:
+            first = pool.submit(writer.write, Publish(big))
+            wait_until(lambda: writer._busy)
+            rest = [pool.submit(writer.write, Publish(big)) for _ in range(3)]
+            wait_until(lambda: len(writer._queue) == 3)
+            hold.rollback()
+            ids = [f.result(timeout=30).events[0].id for f in [first, *rest]]
+    writer.close()
+    engine.dispose()
+    assert sorted(ids) == [1, 2, 3, 4]
+    # The three that queued behind the first: one transaction without a cap, one each with it.
+    assert announced == ([(1, 1), (2, 4)] if max_bytes is None else [(1, 1), (2, 2), (3, 3), (4, 4)])

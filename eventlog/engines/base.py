@@ -38,7 +38,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, Row, func
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from ..errors import DatabaseUnavailable, EventlogError, QueryTooLong, SchemaBehind
+from ..errors import DatabaseUnavailable, EventlogError, OutOfSpace, SchemaBehind, StatementTimeout
 from ..events import NewEvent
 
 WRITE_OPTION = "eventlog_writes"
@@ -77,6 +77,9 @@ class Backend(abc.ABC):
     one_statement_publish: ClassVar[bool] = False
     """Whether a publish without idempotency keys is one statement, which may commit by
     itself (autocommit): no BEGIN and COMMIT round trips around it."""
+    request_deadline: ClassVar[bool] = False
+    """Whether every wait of the driver ends at the request's deadline (``deadline.py``):
+    then EVENTLOG_REPLY_TIMEOUT_SECONDS bounds a request's database work in all, not each wait."""
     batch_migrations: ClassVar[bool] = False
     """Whether Alembic must rebuild tables to alter them (``render_as_batch``)."""
 
@@ -135,7 +138,7 @@ class Backend(abc.ABC):
 
     def cap_statements(self, conn: Connection, seconds: float) -> contextlib.AbstractContextManager[None]:
         """Cap each statement run on ``conn`` inside at ``seconds`` (an audit page's time
-        cap): one that runs longer fails, classified ``QueryTooLong``. An engine without
+        cap): one that runs longer fails, classified ``StatementTimeout``. An engine without
         statement timeouts leaves them unbounded."""
         return contextlib.nullcontext()
 
@@ -148,13 +151,16 @@ class Backend(abc.ABC):
 
     def classify(self, error: DBAPIError) -> type[EventlogError] | None:
         """What ``error`` means in eventlog's terms: ``SchemaBehind`` (a table or column is
-        missing), ``QueryTooLong`` (a statement ran out of its time), ``DatabaseUnavailable``
-        (it cannot answer now: unreachable, cut off, a lock or reply wait that ran out), or
-        None (a bug: a 500)."""
+        missing), ``OutOfSpace`` (a write refused for lack of disk space; the transaction is
+        rolled back whole), ``StatementTimeout`` (the server stopped a statement at its time
+        limit), ``DatabaseUnavailable`` (it cannot answer now: unreachable, cut off, a lock or
+        reply wait that ran out), or None (a bug: a 500)."""
         if self.schema_missing(error.orig):
             return SchemaBehind
+        if self.out_of_space(error.orig):
+            return OutOfSpace
         if self.timed_out(error.orig):
-            return QueryTooLong
+            return StatementTimeout
         # The DB-API's own classes, which every driver uses for "the database, not the
         # statement": the connection failed or was lost, a wait ended.
         if error.connection_invalidated or isinstance(error, (OperationalError, InterfaceError)):
@@ -164,6 +170,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def schema_missing(self, orig: BaseException | None) -> bool:
         """Whether the driver's error says a table or column does not exist."""
+
+    @abc.abstractmethod
+    def out_of_space(self, orig: BaseException | None) -> bool:
+        """Whether the driver's error says a write found no disk space."""
 
     @abc.abstractmethod
     def timed_out(self, orig: BaseException | None) -> bool:

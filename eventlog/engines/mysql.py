@@ -61,6 +61,7 @@ PACKET = "eventlog.max_allowed_packet"  # where a connection keeps its server's 
 PACKET_MARGIN = 4096  # a statement's bytes beyond its values
 MISSING_SCHEMA = frozenset({1146, 1054})  # ER_NO_SUCH_TABLE, ER_BAD_FIELD_ERROR
 TIMED_OUT = frozenset({1969, 3024})  # MariaDB's max_statement_time, MySQL's max_execution_time
+OUT_OF_SPACE = frozenset({1021, 1114})  # ER_DISK_FULL, ER_RECORD_FILE_FULL (a table that cannot grow)
 # Strict: a value that does not fit is an error, never silently cut.
 SQL_MODE = "STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
 # The characters PyMySQL escapes with a backslash: each takes one more byte on the wire.
@@ -185,6 +186,9 @@ class MySQL(Backend):
 
     def schema_missing(self, orig: BaseException | None) -> bool:
         return _errno(orig) in MISSING_SCHEMA
+
+    def out_of_space(self, orig: BaseException | None) -> bool:
+        return _errno(orig) in OUT_OF_SPACE
 
     def timed_out(self, orig: BaseException | None) -> bool:
         return _errno(orig) in TIMED_OUT

@@ -36,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL
 
+from .. import deadline
 from ..events import NewEvent, utc
 from ..models import Counter, Event
 from .base import Timeouts
@@ -44,6 +45,7 @@ from .common import COUNTER_ROW, OnConflict, repeatable_read, session_lock
 LOCK_KEY = 0x6576656E746C6F67  # "eventlog" in ASCII: the pruning advisory lock's key
 QUERY_CANCELED = "57014"  # the SQLSTATE of a statement its statement_timeout ended
 MISSING_SCHEMA = frozenset({"42P01", "42703"})  # undefined_table, undefined_column
+DISK_FULL = "53100"  # disk_full: a table, index or WAL could not grow
 
 # A data-modifying CTE always runs to completion, so the SELECT only has to report the ids.
 _STORE = text(
@@ -71,6 +73,7 @@ class PostgreSQL(OnConflict):
     driver = "psycopg"
     schemes = ("postgres",)  # what hosting providers hand out
     one_statement_publish = True
+    request_deadline = True  # BoundedConnection's waits and the connect timeout honour it
     insert = staticmethod(postgresql.insert)
 
     def create_engine(self, url: URL, timeouts: Timeouts | None, options: dict[str, Any]) -> Engine:
@@ -114,13 +117,17 @@ class PostgreSQL(OnConflict):
     def schema_missing(self, orig: BaseException | None) -> bool:
         return getattr(orig, "sqlstate", None) in MISSING_SCHEMA
 
+    def out_of_space(self, orig: BaseException | None) -> bool:
+        return getattr(orig, "sqlstate", None) == DISK_FULL
+
     def timed_out(self, orig: BaseException | None) -> bool:
         return getattr(orig, "sqlstate", None) == QUERY_CANCELED
 
 
 def connection_parameters(timeouts: Timeouts) -> dict[str, Any]:
-    """The libpq parameters that carry ``timeouts``: the server-side ones travel in
-    ``options``, so they hold from the session's first statement, without a round trip."""
+    """The libpq parameters that carry ``timeouts`` (but the connect timeout, which depends
+    on the moment: ``_connect_timeout``): the server-side ones travel in ``options``, so they
+    hold from the session's first statement, without a round trip."""
     server = {
         "statement_timeout": timeouts.statement,
         "lock_timeout": timeouts.lock,
@@ -128,8 +135,6 @@ def connection_parameters(timeouts: Timeouts) -> dict[str, Any]:
     }
     parameters: dict[str, Any] = {
         "options": " ".join(f"-c {name}={_ms(seconds)}" for name, seconds in server.items()),
-        # libpq counts whole seconds (and takes less than 2 as 2); 0 waits as long as TCP does.
-        "connect_timeout": math.ceil(timeouts.connect),
     }
     if timeouts.keepalive:
         idle = math.ceil(timeouts.keepalive)
@@ -154,9 +159,23 @@ def _bound(engine: Engine, timeouts: Timeouts) -> None:
     @event.listens_for(engine, "do_connect")
     def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
         # The URL's own query parameters win: an operator may tune one connection string.
-        connection = BoundedConnection.connect(*cargs, **{**parameters, **cparams})
+        connection = BoundedConnection.connect(
+            *cargs, **{**parameters, "connect_timeout": _connect_timeout(timeouts), **cparams}
+        )
         connection.reply_timeout = timeouts.reply
         return connection
+
+
+def _connect_timeout(timeouts: Timeouts) -> int:
+    """libpq's ``connect_timeout`` for a connection begun now: within the request's deadline
+    (``deadline.py``); none is begun without the 2 s libpq needs at least. libpq counts whole
+    seconds (and takes less than 2 as 2); 0 waits as long as TCP does."""
+    from psycopg.errors import ConnectionTimeout
+
+    seconds = deadline.connect_limit(timeouts.connect)
+    if seconds is None:
+        raise ConnectionTimeout("no time left to connect to the database within the reply timeout")
+    return seconds
 
 
 def _ms(seconds: float) -> int:

@@ -11,9 +11,12 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
+from .. import deadline
+
 
 class BoundedConnection(psycopg.Connection[Any]):
-    """A psycopg connection that gives up on an answer after ``reply_timeout`` seconds.
+    """A psycopg connection that gives up on an answer after ``reply_timeout`` seconds, or
+    at the deadline of the request's database work (``deadline.within``), whichever is first.
 
     Neither the server's timeouts nor TCP's end a wait when the network in between drops
     every packet after the request was acknowledged, or when a middlebox or a stuck host
@@ -24,12 +27,14 @@ class BoundedConnection(psycopg.Connection[Any]):
     reply_timeout: float = 0
 
     def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
-        if timeout is not None or not self.reply_timeout:
+        # Within the request's deadline too (deadline.py), when one is set.
+        limit = deadline.wait_limit(self.reply_timeout)
+        if timeout is not None or not limit:
             return super().wait(gen, interval, timeout)
         try:
-            return super().wait(gen, interval, self.reply_timeout)
+            return super().wait(gen, interval, limit)
         except errors._WaitTimeout:
             self.pgconn.finish()
             raise errors.OperationalError(
-                f"no answer from the database within {self.reply_timeout:g} s"
+                f"no answer from the database within {limit:g} s"
             ) from None

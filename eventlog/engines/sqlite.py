@@ -96,5 +96,9 @@ class SQLite(OnConflict):
             words in str(orig) for words in _MISSING_SCHEMA
         )
 
+    def out_of_space(self, orig: BaseException | None) -> bool:
+        # "database or disk is full": the disk, or max_page_count (Python 3.11+ names codes).
+        return getattr(orig, "sqlite_errorname", None) == "SQLITE_FULL"
+
     def timed_out(self, orig: BaseException | None) -> bool:
         return False  # SQLite has no statement timeout
