@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -79,10 +78,9 @@ class AsyncClient:
         page_size: int = 1000,
     ) -> AsyncIterator[Event]:
         """See ``Client.query``."""
-        params = protocol.query_params(
-            protocol.stream_names(streams), types, after, before, since, until, order, page_size
+        url: httpx.URL | None = protocol.first_page(
+            self.url, streams, types, after, before, since, until, order, page_size
         )
-        url: httpx.URL | None = httpx.URL(f"{self.url}/events", params=params)
         while url is not None:
             events, link = protocol.events_of(await self._send("GET", url))
             for event in events:
@@ -132,9 +130,8 @@ class AsyncClient:
             await asyncio.sleep(wait)
 
     async def _publish(self, stream: str, body: bytes) -> Any:
-        # One key for every attempt (see Client._publish).
-        headers = {"Content-Type": protocol.JSON, "Idempotency-Key": str(uuid.uuid4())}
-        return await self._send("POST", httpx.URL(f"{self.url}/streams/{stream}/events"), body, headers)
+        url, headers = protocol.publish_request(self.url, stream)
+        return await self._send("POST", url, body, headers)
 
     async def _send(
         self, method: str, url: httpx.URL, body: bytes | None = None,

@@ -7,7 +7,9 @@ from datetime import datetime
 from typing import Any
 
 from .. import body as strict_json
+from ..errors import EventlogError, InvalidRequest
 from ..events import StoredEvent, encode_data
+from ._errors import local
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,14 +24,22 @@ class Event:
 
     @classmethod
     def from_object(cls, value: Any) -> Event:
-        """The event in a decoded JSON object of the audit API's shape (checked)."""
-        stored = StoredEvent.from_object(value)
+        """The event in a decoded JSON object of the audit API's shape (checked: InvalidRequest
+        if it is not one)."""
+        try:
+            stored = StoredEvent.from_object(value)
+        except EventlogError as error:
+            raise local(error) from None
         return cls(stored.id, stored.stream, stored.type, value["data"], stored.time)
 
     @classmethod
     def from_json(cls, text: str) -> Event:
         """The event in ``text``, the audit API's JSON shape (checked)."""
-        return cls.from_object(strict_json.loads(text))
+        try:
+            value = strict_json.loads(text)
+        except (ValueError, RecursionError) as error:
+            raise local(InvalidRequest(f"not a stored event: {error}")) from None
+        return cls.from_object(value)
 
     def to_json(self) -> str:
         """The event in the audit API's JSON shape, as the server writes it."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import sys
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -71,18 +72,26 @@ def _event_json(event: NewEvent) -> str:
     return f'{{"type":"{event.type}","data":{event.data}}}'
 
 
-def query_params(
-    streams: Sequence[str], types: Sequence[str], after: int | None, before: int | None,
-    since: datetime | None, until: datetime | None, order: str, page_size: int,
-) -> list[tuple[str, str]]:
-    """The first page's query parameters, checked as the server checks them."""
+def first_page(
+    base: str, streams: str | Sequence[str], types: Sequence[str], after: int | None,
+    before: int | None, since: datetime | None, until: datetime | None, order: str, page_size: int,
+) -> httpx.URL:
+    """The URL of an audit query's first page, checked as the server checks it."""
     if order not in ("asc", "desc"):
         raise local(errors.InvalidRequest("'order' must be 'asc' or 'desc'"))
     where = check(
-        EventFilter, streams=tuple(streams), types=tuple(types), after=after, before=before,
-        since=since, until=until,
+        EventFilter, streams=tuple(stream_names(streams)), types=tuple(types), after=after,
+        before=before, since=since, until=until,
     )
-    return AuditQuery(where, min(page_size, MAX_LIMIT), order == "desc").to_params()
+    params = AuditQuery(where, min(page_size, MAX_LIMIT), order == "desc").to_params()
+    return httpx.URL(f"{base}/events", params=params)
+
+
+def publish_request(base: str, stream: str) -> tuple[httpx.URL, dict[str, str]]:
+    """Where a publish goes, and its headers. One key for every attempt: the server stores
+    the first and answers the others with it, so a retry after a lost answer stores nothing new."""
+    headers = {"Content-Type": JSON, "Idempotency-Key": str(uuid.uuid4())}
+    return httpx.URL(f"{base}/streams/{stream}/events"), headers
 
 
 def stream_names(streams: str | Sequence[str]) -> list[str]:

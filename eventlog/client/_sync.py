@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -86,10 +85,9 @@ class Client:
         page_size: int = 1000,
     ) -> Iterator[Event]:
         """Every event that matches (all streams if none are named), page after page."""
-        params = protocol.query_params(
-            protocol.stream_names(streams), types, after, before, since, until, order, page_size
+        url: httpx.URL | None = protocol.first_page(
+            self.url, streams, types, after, before, since, until, order, page_size
         )
-        url: httpx.URL | None = httpx.URL(f"{self.url}/events", params=params)
         while url is not None:
             events, link = protocol.events_of(self._send("GET", url))
             yield from events
@@ -146,10 +144,8 @@ class Client:
             time.sleep(wait)
 
     def _publish(self, stream: str, body: bytes) -> Any:
-        # One key for every attempt: the server stores the first and answers the others
-        # with it, so a retry after a lost answer stores nothing new.
-        headers = {"Content-Type": protocol.JSON, "Idempotency-Key": str(uuid.uuid4())}
-        return self._send("POST", httpx.URL(f"{self.url}/streams/{stream}/events"), body, headers)
+        url, headers = protocol.publish_request(self.url, stream)
+        return self._send("POST", url, body, headers)
 
     def _send(
         self, method: str, url: httpx.URL, body: bytes | None = None,
