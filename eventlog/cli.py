@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
 from . import body as strict_json
+from . import remote
 from .app import create_app
 from .auth import Rights, TokenAuth
 from .config import (
@@ -35,12 +36,14 @@ from .config import (
     parse_duration,
     unknown_names,
 )
+from .client import ClientError
 from .database import backend_of
 from .errors import ConfigError, EventlogError
 from .events import EventFilter
 from .extension import EXTENSION_KEY, EventLog, current_eventlog
 from .query import parse_audit_query
 from .sse import DEFAULT_TYPE
+from .tail import tail
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,11 +52,17 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 def in_app(*, needs_schema: bool = True) -> Callable[[F], F]:
     """Run the command inside its app (the standalone one, or ``flask``'s) and turn
-    eventlog's and the database's errors into one line each."""
+    eventlog's and the database's errors into one line each. A command given ``--url``
+    works through that server instead, with no app and no database."""
 
     def decorate(command: F) -> F:
         @functools.wraps(command)
         def run(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("url"):
+                try:
+                    return command(*args, **kwargs)
+                except (EventlogError, ClientError) as error:
+                    raise click.ClickException(getattr(error, "detail", None) or str(error)) from None
             info = click.get_current_context().ensure_object(ScriptInfo)
             try:
                 app = info.load_app()
@@ -244,7 +253,7 @@ def check() -> None:
 TOKEN_HELP = (
     "Act only as far as this token allows (checked with the configured key), so a script can"
     " do no more than its token grants. Without it the command has every right, as the"
-    " database credentials it runs with do."
+    " database credentials it runs with do. With --url, the token is the server's to check."
 )
 
 
@@ -253,13 +262,17 @@ TOKEN_HELP = (
 @click.argument("data")
 @click.option("--type", "type_", default=DEFAULT_TYPE, help="The event's type.")
 @click.option("--token", envvar="EVENTLOG_TOKEN", show_envvar=True, help=TOKEN_HELP)
+@remote.url_option
 @in_app()
-def publish(stream: str, data: str, type_: str, token: str | None) -> None:
+def publish(stream: str, data: str, type_: str, token: str | None, url: str | None) -> None:
     """Publish one event to STREAM; DATA is JSON (e.g. '{"id": 7}'). Prints the stored event."""
     try:
         value = strict_json.loads(data)
     except (ValueError, RecursionError) as error:
         raise click.BadParameter(f"not JSON: {error}", param_hint="DATA") from None
+    if url:
+        click.echo(remote.publish(url, token, stream, value, type_))
+        return
     rights = _token_rights(token)
     if rights is not None:
         rights.require_publish(stream)
@@ -315,22 +328,28 @@ def audit_options(command: F) -> F:
 
 @click.command()
 @click.option("--token", envvar="EVENTLOG_TOKEN", show_envvar=True, help=TOKEN_HELP)
+@remote.url_option
 @in_app()
 @audit_options
-def query(where: EventFilter, newest_first: bool, limit: int | None, token: str | None) -> None:
+def query(
+    where: EventFilter, newest_first: bool, limit: int | None, token: str | None, url: str | None
+) -> None:
     """Print matching events as JSON lines, following pages to the end."""
-    _write_events(where, newest_first, limit, token, progress=False)
+    _write_events(where, newest_first, limit, token, url, progress=False)
 
 
 @click.command()
 @click.option("--token", envvar="EVENTLOG_TOKEN", show_envvar=True, help=TOKEN_HELP)
+@remote.url_option
 @in_app()
 @audit_options
-def export(where: EventFilter, newest_first: bool, limit: int | None, token: str | None) -> None:
+def export(
+    where: EventFilter, newest_first: bool, limit: int | None, token: str | None, url: str | None
+) -> None:
     """Write matching events as JSON lines to standard output, in the audit query's shape
     (e.g. to archive them before a prune: eventlog export --until 2026-01-01T00:00:00Z >
     old.jsonl). On a terminal, stderr shows a progress bar (its total from a COUNT first)."""
-    written = _write_events(where, newest_first, limit, token, progress=True)
+    written = _write_events(where, newest_first, limit, token, url, progress=True)
     click.echo(f"exported {written} events", err=True)
 
 
@@ -387,28 +406,35 @@ for group in (main, flask_group):
     group.add_command(export)
     group.add_command(prune)
     group.add_command(token)
+    group.add_command(tail)
 
 
 def _write_events(
-    where: EventFilter, newest_first: bool, limit: int | None, token: str | None, *, progress: bool
+    where: EventFilter, newest_first: bool, limit: int | None, token: str | None,
+    url: str | None, *, progress: bool,
 ) -> int:
     """Write the events matching ``where`` to stdout as JSON lines; return how many.
 
-    With a ``token``, its rights must cover the streams asked for (as over HTTP)."""
-    rights = _token_rights(token)
-    if rights is not None:
-        rights.require_subscribe(where.streams)
-    events = current_eventlog()
+    With a ``token``, its rights must cover the streams asked for (as over HTTP). With a
+    ``url``, the server there answers (and checks the token); the bar then has no total."""
     total: int | None = None
-    if progress and _on_terminal():
-        total = events.count(where)
-        total = total if limit is None else min(total, limit)
+    if url:
+        lines = remote.events(url, token, where, newest_first, limit)
+    else:
+        rights = _token_rights(token)
+        if rights is not None:
+            rights.require_subscribe(where.streams)
+        events = current_eventlog()
+        if progress and _on_terminal():
+            total = events.count(where)
+            total = total if limit is None else min(total, limit)
+        lines = (event.to_json() for event in events.events(where, newest_first=newest_first))
     written = 0
     with _progress(total, "exporting", enabled=progress) as bar:
-        for event in events.events(where, newest_first=newest_first):
+        for line in lines:
             if limit is not None and written >= limit:
                 break
-            sys.stdout.write(event.to_json() + "\n")
+            sys.stdout.write(line + "\n")
             written += 1
             bar.update(1)
     return written

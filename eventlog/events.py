@@ -29,6 +29,7 @@ EVERY_STREAM = "*"
 RESET_TYPE = "reset"
 """The type of the server's own signal that a resume point could not be served exactly."""
 MAX_ID = 2**63 - 1  # ids are signed 64-bit integers in the table
+STORED_KEYS = frozenset({"id", "stream", "type", "data", "time"})
 
 
 def check_name(value: str, what: str) -> str:
@@ -192,6 +193,35 @@ class StoredEvent:
         return (
             f'{{"id":{self.id},"stream":"{self.stream}","type":"{self.type}",'
             f'"data":{self.data_json},"time":"{rfc3339(self.time)}"}}'
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> StoredEvent:
+        """The event that :meth:`to_json` wrote as ``text``; InvalidRequest if it is not one."""
+        try:
+            value = strict_json.loads(text)
+        except (ValueError, RecursionError) as error:
+            raise InvalidRequest(f"not a stored event: {error}") from None
+        return cls.from_object(value)
+
+    @classmethod
+    def from_object(cls, value: Any) -> StoredEvent:
+        """The event in ``value``, a decoded JSON object of :meth:`to_json`'s shape."""
+        if not isinstance(value, dict) or value.keys() != STORED_KEYS:
+            raise InvalidRequest(f"a stored event is an object with exactly {sorted(STORED_KEYS)}")
+        id, time = value["id"], value["time"]
+        if type(id) is not int or not 0 < id <= MAX_ID or not isinstance(time, str):
+            raise InvalidRequest("a stored event's 'id' is a positive id and its 'time' a string")
+        try:
+            moment = utc(datetime.fromisoformat(time))  # rfc3339()'s output, exactly
+        except ValueError:
+            raise InvalidRequest(f"a stored event's time is not RFC 3339: {time[:40]!r}") from None
+        return cls(
+            id,
+            check_name(value["stream"], "stream name"),
+            check_name(value["type"], "event type"),
+            encode_data(value["data"]),
+            moment,
         )
 
 

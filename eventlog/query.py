@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from .errors import InvalidRequest
-from .events import EventFilter
+from .events import EventFilter, rfc3339
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -27,6 +27,20 @@ class AuditQuery:
     where: EventFilter
     limit: int = DEFAULT_LIMIT
     newest_first: bool = False
+
+    def to_params(self) -> list[tuple[str, str]]:
+        """The query as ``(name, value)`` pairs: what :func:`parse_audit_query` reads back."""
+        where = self.where
+        bounds = {"after": where.after, "before": where.before}
+        times = {"since": where.since, "until": where.until}
+        return [
+            *(("stream", stream) for stream in where.streams),
+            *(("type", kind) for kind in where.types),
+            *((name, str(value)) for name, value in bounds.items() if value is not None),
+            *((name, rfc3339(value)) for name, value in times.items() if value is not None),
+            ("limit", str(self.limit)),
+            ("order", "desc" if self.newest_first else "asc"),
+        ]
 
 
 def parse_audit_query(params: Iterable[tuple[str, str]]) -> AuditQuery:

@@ -1,0 +1,1 @@
+../../eventlog/__init__.py
