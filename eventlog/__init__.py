@@ -11,7 +11,7 @@ Flask nor SQLAlchemy nor redis: a program that only talks to a server needs none
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -54,7 +54,10 @@ _MODULES = {
     "include_name": "migrate",
 }
 
-__version__ = version(__name__)
+try:
+    __version__ = version(__name__)
+except PackageNotFoundError:  # the client's own distribution (client/) carries this package
+    __version__ = version("eventlog-client")
 """This package's version, as installed."""
 
 __all__ = sorted(_MODULES)
