@@ -31,6 +31,7 @@ from .errors import ConfigError, IdempotencyConflict, QueryTooLong
 from .events import EventFilter, NewEvent, StoredEvent
 from .hub import Hub
 from .notify import LocalNotifier, Notifier, RedisNotifier
+from .replicas import Replica, Replicas, ReplicaState
 from .retention import Policy, Pruner, count, prune
 from .sse import DEFAULT_TYPE
 from .store import (
@@ -41,7 +42,6 @@ from .store import (
     count_events,
     pages,
     read_page,
-    snapshot,
 )
 from .stream import event_stream
 from .transaction import announce_after_commit
@@ -62,6 +62,11 @@ class _State:
         self.settings = settings
         auth = TokenAuth.from_settings(settings)  # first: a bad key opens nothing
         self.engine = make_engine(settings.database_url, timeouts_of(settings))
+        self.replicas = Replicas(
+            self.engine,
+            [Replica(url, make_engine(url, timeouts_of(settings))) for url in settings.replica_urls],
+            max_lag_seconds=settings.replica_max_lag_seconds,
+        )
         self.notifier: Notifier = (
             RedisNotifier(settings.redis_url, settings.redis_channel)
             if settings.redis_url
@@ -82,9 +87,11 @@ class _State:
         self.policy = Policy(settings.retain_seconds, settings.retain_events)
         self.pruner = Pruner(self.engine, self.policy, interval=settings.prune_seconds)
         self.pruner.start()
+        self.replicas.start()
 
     def close(self) -> None:
         self.pruner.stop()
+        self.replicas.stop()
         self.hub.stop()
         self.notifier.close()
         self.writer.close()
@@ -262,37 +269,40 @@ class EventLog:
         """
         state = self._state()
         cap = state.settings.audit_timeout_seconds
-        with snapshot(state.engine) as conn:
+
+        def read(conn: Connection) -> Page:
             if cap and conn.dialect.name == "postgresql":
                 # LOCAL: it ends with this read's transaction, the pooled session keeps its own.
                 conn.exec_driver_sql(f"SET LOCAL statement_timeout = {round(cap * 1000)}")
-            try:
-                return read_page(
-                    conn,
-                    where,
-                    limit=limit,
-                    newest_first=newest_first,
-                    max_bytes=state.settings.page_bytes,
-                    with_pruned=True,
-                )
-            except DBAPIError as error:
-                if getattr(error.orig, "sqlstate", None) != QUERY_CANCELED:
-                    raise
-                raise QueryTooLong(
-                    f"the query took longer than {cap:g} s; narrow it with stream, type,"
-                    " after/before or a shorter since/until"
-                ) from None
+            return read_page(
+                conn,
+                where,
+                limit=limit,
+                newest_first=newest_first,
+                max_bytes=state.settings.page_bytes,
+                with_pruned=True,
+            )
+
+        try:
+            # A replica that has every event up to ``after`` (``replicas.py``).
+            return state.replicas.read(where.after or 0, read)
+        except DBAPIError as error:
+            if getattr(error.orig, "sqlstate", None) != QUERY_CANCELED:
+                raise
+            raise QueryTooLong(
+                f"the query took longer than {cap:g} s; narrow it with stream, type,"
+                " after/before or a shorter since/until"
+            ) from None
 
     def count(self, where: EventFilter) -> int:
         """How many events match ``where`` (one COUNT: an export's progress total)."""
-        with self._state().engine.connect() as conn:
-            return count_events(conn, where)
+        return self._state().replicas.read(0, lambda conn: count_events(conn, where))
 
     def events(self, where: EventFilter, *, newest_first: bool = False) -> Iterator[StoredEvent]:
         """Every event matching ``where``, read page by page (for exports and the CLI)."""
         state = self._state()
         for page in pages(
-            state.engine, where, size=1000, newest_first=newest_first, max_bytes=state.settings.page_bytes
+            state.replicas.at_least(0), where, size=1000, newest_first=newest_first, max_bytes=state.settings.page_bytes
         ):
             yield from page.events
 
@@ -315,12 +325,17 @@ class EventLog:
             streams,
             resume_after,
             retry_ms=state.settings.retry_ms,
+            reads=state.replicas,
             envelope=envelope,
             page_bytes=state.settings.page_bytes,
             client_gone=client_gone,
             expires_at=expires_at,
             on_end=on_end,
         )
+
+    def replica_states(self) -> dict[str, ReplicaState]:
+        """Each read replica (``host:port/database``) and what its last check found."""
+        return self._state().replicas.states()
 
     def readiness(self) -> dict[str, str]:
         """What answers: ``database`` ("ok", "unreachable", or "not migrated" when its schema

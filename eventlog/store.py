@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -37,6 +38,7 @@ from .events import MAX_ID, EventFilter, NewEvent, StoredEvent, utc
 from .models import Counter, Event, IdempotencyKey, PrunedStream
 
 COUNTER_ROW = 1
+T = TypeVar("T")
 
 # Built once: these run on every publish and every hub wake-up.
 _TIME = bindparam("time", type_=DateTime(timezone=True))
@@ -294,8 +296,15 @@ def _read_events(
     return Page([_stored(row) for row in rows[:limit]], more=found > limit or len(rows) < found)
 
 
+class Source(Protocol):
+    """Where a pager may read besides the primary's engine (``replicas.AtLeast``): it runs
+    ``read`` on a snapshot that holds every event up to id ``need``."""
+
+    def read(self, need: int, read: Callable[[Connection], T]) -> T: ...
+
+
 def pages(
-    engine: Engine,
+    engine: Engine | Source,
     where: EventFilter,
     *,
     size: int,
@@ -310,17 +319,22 @@ def pages(
     borrows a connection only while it is read, so a consumer that waits between pages
     (a slow client, a paused fan-out) holds none. Pages come with events, except, with
     ``with_pruned``, a last empty one that says what was pruned past the previous page.
+    A ``Source`` reads each page on a snapshot that has every event up to its ``after``.
     """
     while True:
-        with snapshot(engine) if with_pruned else engine.connect() as conn:
-            page = read_page(
-                conn,
-                where,
-                limit=size,
-                newest_first=newest_first,
-                max_bytes=max_bytes,
-                with_pruned=with_pruned,
-            )
+        read = partial(
+            read_page,
+            where=where,
+            limit=size,
+            newest_first=newest_first,
+            max_bytes=max_bytes,
+            with_pruned=with_pruned,
+        )
+        if isinstance(engine, Engine):
+            with snapshot(engine) if with_pruned else engine.connect() as conn:
+                page = read(conn)
+        else:
+            page = engine.read(where.after or 0, read)
         if page.events or page.pruned:
             yield page
         if not page.more or not page.events:
