@@ -12,16 +12,20 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
+from flask import Flask
 from helpers import wait_until
 from replication import Cluster, Node, available
 from sqlalchemy import text
 
+from eventlog import EventLog, create_app, metrics
 from eventlog.database import make_engine
+from eventlog.events import EventFilter
 from eventlog.migrate import upgrade
 from eventlog.sse import Decoder
 
@@ -197,3 +201,190 @@ def test_reconnecting_subscribers_get_every_event_once_from_lagging_and_stopped_
     assert sum(s.connections for s in subscribers) > 30
     reads = replica_reads(server.url)
     assert reads.get(running.name_of(running.fast, name), 0) > 0, reads
+
+
+# --- in-process: fallback, readiness, audit pages, retention ---------------------------------
+
+
+@pytest.fixture
+def app_on(running: Replicated) -> Iterator[Callable[..., Flask]]:
+    """``app_on(database, replicas, **settings)``: the app on a database of the cluster."""
+    apps: list[Flask] = []
+
+    def make(database: str, replicas: list[Node], **settings: Any) -> Flask:
+        app = create_app(
+            {
+                "EVENTLOG_DATABASE_URL": running.cluster.primary.url(database),
+                "EVENTLOG_DATABASE_REPLICA_URLS": ",".join(n.url(database) for n in replicas),
+                "EVENTLOG_POLL_SECONDS": 0.2,
+                "EVENTLOG_HEARTBEAT_SECONDS": 0.2,
+                **{f"EVENTLOG_{k}": v for k, v in settings.items()},
+            }
+        )
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["eventlog"].close()
+
+
+def replay(events: EventLog, streams: list[str], after: int, last: int) -> list[tuple[str, int]]:
+    """A stream's messages from resume point ``after`` until id ``last``: ("event"|"reset", id)."""
+    got: list[tuple[str, int]] = []
+    decoder = Decoder()
+    stream = events.stream(streams, after)
+    try:
+        for chunk in stream:
+            for message in decoder.feed(chunk):
+                if message.id:
+                    got.append((message.event, int(message.id)))
+            if got and got[-1][1] >= last:
+                break
+    finally:
+        stream.close()  # type: ignore[attr-defined]
+    return got
+
+
+def replica_reads_in_process(name: str) -> float:
+    return float(metrics.get().replica_reads.labels(name)._value.get())
+
+
+def primary_head(running: Replicated, database: str) -> int:
+    return int(running.cluster.primary.sql("SELECT last_id FROM event_counter", database))
+
+
+def caught_up(node: Node, running: Replicated, database: str) -> bool:
+    return node.sql("SELECT last_id FROM event_counter", database) == str(primary_head(running, database))
+
+
+def test_replica_down_or_lagging_reads_fall_back_and_readyz_says_so(
+    running: Replicated, app_on: Callable[..., Flask]
+) -> None:
+    """One standby stopped, the other lagging past the limit: /readyz is 200 "degraded" and
+    names both, /metrics shows them out of use, and every read answers from the primary."""
+    name = running.database()
+    app = app_on(name, [running.delayed, running.fast], REPLICA_MAX_LAG_SECONDS=0.3)
+    events: EventLog = app.extensions["eventlog"]
+    client = app.test_client()
+    events.publish("busy", {"n": 0})
+    wait_until(lambda: client.get("/readyz").json["status"] == "ready")
+    wait_until(lambda: all(s.head == 1 for s in events.replica_states().values()))
+    running.fast.stop("immediate")
+    # Before any check notices: the reads that try the stopped standby answer from elsewhere.
+    for _ in range(6):
+        assert client.get("/streams/busy/events").status_code == 200
+    stop = threading.Event()
+
+    def publish() -> None:  # steadily: the delayed standby stays a second behind
+        while not stop.is_set():
+            events.publish("busy", {"n": 1})
+            time.sleep(0.02)
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    try:
+        delayed, fast = running.name_of(running.delayed, name), running.name_of(running.fast, name)
+
+        def degraded() -> bool:
+            body = client.get("/readyz").json
+            states = {n: r["state"] for n, r in body["replicas"].items()}
+            return body["status"] == "degraded" and states == {delayed: "lagging", fast: "unreachable"}
+
+        wait_until(degraded, timeout=20)
+        readyz = client.get("/readyz")
+        assert readyz.status_code == 200
+        assert readyz.json["replicas"][delayed]["lag_seconds"] > 0.3
+        text_metrics = client.get("/metrics").text
+        assert f'eventlog_replica_in_use{{replica="{fast}"}} 0.0' in text_metrics
+        assert f'eventlog_replica_in_use{{replica="{delayed}"}} 0.0' in text_metrics
+        before = replica_reads_in_process("primary")
+        head = events.hub.cursor or primary_head(running, name)
+        page = client.get("/streams/busy/events?limit=1000")
+        assert page.status_code == 200
+        assert [e["id"] for e in page.json["events"]][:head] == list(range(1, head + 1))
+        assert [message for message in replay(events, ["busy"], 0, head) if message[0] == "reset"] == []
+        assert sum(1 for _ in events.events(EventFilter(streams=("busy",)))) >= head
+        assert replica_reads_in_process("primary") > before
+    finally:
+        stop.set()
+        publisher.join()
+    running.fast.start()
+    wait_until(lambda: client.get("/readyz").json["replicas"][fast]["state"] == "ok", timeout=20)
+    wait_until(lambda: client.get("/readyz").json["status"] == "ready", timeout=20)
+
+
+def test_audit_pages_from_replicas_equal_the_primarys_once_caught_up(
+    running: Replicated, app_on: Callable[..., Flask]
+) -> None:
+    name = running.database()
+    replicated = app_on(name, [running.delayed, running.fast], REPLICA_MAX_LAG_SECONDS=30)
+    primary_only = app_on(name, [])
+    events: EventLog = replicated.extensions["eventlog"]
+    for n in range(250):
+        events.publish(f"s{n % 3}", {"n": n}, type=f"t{n % 2}")
+    wait_until(lambda: all(caught_up(node, running, name) for node in (running.delayed, running.fast)), timeout=30)
+    wait_until(lambda: all(s.head == 250 for s in events.replica_states().values()), timeout=10)
+    before = sum(replica_reads_in_process(running.name_of(n, name)) for n in (running.delayed, running.fast))
+
+    def walk(app: Flask, url: str) -> list[dict[str, Any]]:
+        pages = []
+        client = app.test_client()
+        while url:
+            body = client.get(url).json
+            pages.append(body)
+            url = body["next"] and body["next"].removeprefix("http://localhost")
+        return pages
+
+    for url in ("/events?limit=40", "/streams/s1/events?limit=17&order=desc", "/events?stream=s0&stream=s2&type=t1&limit=30"):
+        assert walk(replicated, url) == walk(primary_only, url)
+    after = sum(replica_reads_in_process(running.name_of(n, name)) for n in (running.delayed, running.fast))
+    assert after - before >= 10  # the pages came from the standbys
+
+
+def test_prune_while_replicas_lag_never_leaves_a_silent_gap_nor_a_false_reset(
+    running: Replicated, app_on: Callable[..., Flask]
+) -> None:
+    """Retention deletes on the primary while the delayed standby has not replayed it yet:
+    replays from the standby (still holding the events) and, later, from the standby that
+    has replayed the prune, each send every event after the resume point or say what is
+    gone with a reset, and never a reset for events they then send."""
+    name = running.database()
+    app = app_on(name, [running.delayed], REPLICA_MAX_LAG_SECONDS=30, RETAIN_EVENTS=50)
+    events: EventLog = app.extensions["eventlog"]
+    for n in range(200):
+        events.publish("p", {"n": n})
+    wait_until(lambda: caught_up(running.delayed, running, name), timeout=30)
+    wait_until(lambda: all(s.head == 200 for s in events.replica_states().values()), timeout=10)
+    delayed = running.name_of(running.delayed, name)
+    assert events.prune() == 150
+    outcomes = []
+    for moment in ("before the standby replays the prune", "after"):
+        before = replica_reads_in_process(delayed)
+        for resume in (0, 60, 149, 150, 170):
+            got = replay(events, ["p"], resume, 200)
+            outcomes.append((moment, resume, got))
+            assert_no_silent_gap_nor_false_reset(resume, got)
+            assert got[-1] == ("message", 200)
+        assert replica_reads_in_process(delayed) > before, "read from the standby"
+        time.sleep(1.5)  # the standby replays the prune (recovery_min_apply_delay)
+    resets_before = [r for m, r, got in outcomes if m != "after" and any(k == "reset" for k, _ in got)]
+    resets_after = [r for m, r, got in outcomes if m == "after" and any(k == "reset" for k, _ in got)]
+    assert resets_before == []  # the standby still held every event: nothing to tell
+    assert resets_after == [0, 60, 149]
+
+
+def assert_no_silent_gap_nor_false_reset(resume: int, got: list[tuple[str, int]]) -> None:
+    """Events of one stream whose ids were consecutive when published: each jump comes right
+    after a reset, and each reset is followed by a jump."""
+    cursor, told = resume, False
+    for kind, id in got:
+        if kind == "reset":
+            assert id == cursor, (resume, got[:5])
+            told = True
+            continue
+        if told:
+            assert id > cursor + 1, f"a false reset: {cursor + 1} followed it (resume {resume})"
+        else:
+            assert id == cursor + 1, f"a silent gap after {cursor} (resume {resume})"
+        cursor, told = id, False
