@@ -44,6 +44,7 @@ from .store import (
     read_page,
 )
 from .stream import event_stream
+from .timelines import Timelines
 from .transaction import announce_after_commit
 from .validation import parse_events
 from .writer import Writer
@@ -83,6 +84,13 @@ class _State:
             page_bytes=settings.page_bytes,
         )
         self.writer = Writer(self.engine, self.notifier.announce)
+        self.published = 0  # the highest id this process's publishes got
+        if self.engine.dialect.name == "postgresql":
+            Timelines(
+                self.engine,
+                seen=lambda: max(self.hub.cursor, self.published),
+                on_lost=lambda: self.hub.resync(),
+            )
         self.auth = auth
         self.policy = Policy(settings.retain_seconds, settings.retain_events)
         self.pruner = Pruner(self.engine, self.policy, interval=settings.prune_seconds)
@@ -244,6 +252,8 @@ class EventLog:
             raise
         if outcome.replayed:
             measured.idempotent_replay.inc(len(events))
+        # What a failover must not hand out again (``timelines.py``).
+        state.published = max(state.published, outcome.events[-1].id)
         return outcome
 
     def _append_in(

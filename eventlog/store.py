@@ -35,9 +35,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from .errors import IdempotencyConflict
 from .events import MAX_ID, EventFilter, NewEvent, StoredEvent, utc
-from .models import Counter, Event, IdempotencyKey, PrunedStream
+from .models import Counter, Event, IdempotencyKey, PrunedStream, Timeline
 
 COUNTER_ROW = 1
+EVERY_STREAM = "*"  # in ``Page.pruned``: no stream has this name (``events.check_name``)
 T = TypeVar("T")
 
 # Built once: these run on every publish and every hub wake-up.
@@ -361,13 +362,23 @@ def snapshot(engine: Engine) -> Connection:
 
 def pruned_above(conn: Connection, streams: Sequence[str], after: int) -> dict[str, int]:
     """Per stream of ``streams`` (every stream if empty), the highest id pruned, where
-    that is above ``after``: events of that stream after ``after`` were deleted."""
+    that is above ``after``: events of that stream after ``after`` were deleted; under
+    ``EVERY_STREAM``, the highest id a failover lost, where that is above ``after``."""
     query = select(PrunedStream.stream, PrunedStream.pruned_through).where(
         PrunedStream.pruned_through > after
     )
     if streams:
         query = query.where(PrunedStream.stream.in_(streams))
-    return {row.stream: int(row.pruned_through) for row in conn.execute(query)}
+    pruned = {row.stream: int(row.pruned_through) for row in conn.execute(query)}
+    # What a failover lost is missing from every stream (``timelines.py``).
+    lost = conn.execute(
+        select(func.max(Timeline.lost_through)).where(
+            Timeline.lost_through > Timeline.previous_head, Timeline.lost_through > after
+        )
+    ).scalar_one_or_none()
+    if lost is not None:
+        pruned[EVERY_STREAM] = int(lost)
+    return pruned
 
 
 def oldest(conn: Connection, streams: Sequence[str]) -> int | None:

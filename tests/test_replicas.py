@@ -101,11 +101,12 @@ class Reconnecting:
     resets: list[str] = field(default_factory=list)
     connections: int = 0
 
-    def follow(self, until: threading.Event, last: int) -> None:
-        """Reconnect at random until ``until`` is set and id ``last`` arrived."""
-        cursor = 0
+    def follow(self, until: threading.Event, last: int | list[int], start: int = 0) -> None:
+        """Reconnect at random, from ``start`` on, until ``until`` is set and id ``last``
+        (or ``last[0]``, when the test learns it later) arrived."""
+        cursor = start
         rng = random.Random()
-        while not (until.is_set() and cursor >= last):
+        while not (until.is_set() and cursor >= (last if isinstance(last, int) else last[0])):
             self.connections += 1
             hang_up = time.monotonic() + rng.uniform(0.05, 0.6)
             headers = {"Accept": "text/event-stream", "Last-Event-ID": str(cursor)}
