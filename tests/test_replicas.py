@@ -24,7 +24,9 @@ from replication import Cluster, Node, available
 from sqlalchemy import text
 
 from eventlog import EventLog, create_app, metrics
+from eventlog.config import Settings
 from eventlog.database import make_engine
+from eventlog.errors import ConfigError
 from eventlog.events import EventFilter
 from eventlog.migrate import upgrade
 from eventlog.sse import Decoder
@@ -389,3 +391,23 @@ def assert_no_silent_gap_nor_false_reset(resume: int, got: list[tuple[str, int]]
         else:
             assert id == cursor + 1, f"a silent gap after {cursor} (resume {resume})"
         cursor, told = id, False
+
+
+@pytest.mark.parametrize(
+    ("primary", "replicas"),
+    [
+        ("sqlite:///log.db", "postgresql://db2/log"),  # SQLite has no replicas
+        ("postgresql://db1/log", "mysql://db2/log"),  # MySQL replicas are not supported
+        ("postgresql://db1/log", "not a url"),
+    ],
+)
+def test_replica_urls_must_be_postgresql_standbys_of_a_postgresql_primary(primary: str, replicas: str) -> None:
+    with pytest.raises(ConfigError, match="EVENTLOG_DATABASE_REPLICA_URLS"):
+        Settings.from_config({"EVENTLOG_DATABASE_URL": primary, "EVENTLOG_DATABASE_REPLICA_URLS": replicas})
+
+
+def test_replica_urls_are_read_in_order_with_the_psycopg_driver() -> None:
+    settings = Settings.from_config(
+        {"EVENTLOG_DATABASE_URL": "postgresql://db1/log", "EVENTLOG_DATABASE_REPLICA_URLS": " postgres://db2/log, postgresql://db3/log "}
+    )
+    assert settings.replica_urls == ["postgresql+psycopg://db2/log", "postgresql+psycopg://db3/log"]
