@@ -26,6 +26,7 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
+    literal,
     select,
     text,
     union_all,
@@ -369,16 +370,14 @@ def pruned_above(conn: Connection, streams: Sequence[str], after: int) -> dict[s
     )
     if streams:
         query = query.where(PrunedStream.stream.in_(streams))
-    pruned = {row.stream: int(row.pruned_through) for row in conn.execute(query)}
-    # What a failover lost is missing from every stream (``timelines.py``).
-    lost = conn.execute(
-        select(func.max(Timeline.lost_through)).where(
-            Timeline.lost_through > Timeline.previous_head, Timeline.lost_through > after
-        )
-    ).scalar_one_or_none()
-    if lost is not None:
-        pruned[EVERY_STREAM] = int(lost)
-    return pruned
+    # What a failover lost is missing from every stream (``timelines.py``); in the same
+    # statement, so a snapshot's page still costs two.
+    lost = (
+        select(literal(EVERY_STREAM).label("stream"), func.max(Timeline.lost_through))
+        .where(Timeline.lost_through > Timeline.previous_head, Timeline.lost_through > after)
+        .having(func.max(Timeline.lost_through).is_not(None))
+    )
+    return {row.stream: int(row.pruned_through) for row in conn.execute(union_all(query, lost))}
 
 
 def oldest(conn: Connection, streams: Sequence[str]) -> int | None:

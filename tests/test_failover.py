@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cluster import audit
 from helpers import SHORT_TIMEOUTS, KeyedPublisher, assert_stored_once, wait_until
 from replication import Cluster, Node, available
 from test_replicas import Reconnecting
@@ -52,17 +53,6 @@ def multi_host(database: str, *nodes: Node) -> str:
     return f"postgresql://postgres@/{database}?{hosts}&target_session_attrs=read-write"
 
 
-def log_of(base: str) -> list[dict[str, Any]]:
-    """Every event, through the audit API."""
-    events: list[dict[str, Any]] = []
-    url: str | None = f"{base}/events?limit=1000"
-    while url:
-        body = httpx.get(url, timeout=10).json()
-        events += body["events"]
-        url = body["next"]
-    return events
-
-
 def test_synchronous_standby_promoted_mid_run_loses_and_duplicates_nothing(
     cluster: Cluster, start_server: Callable[..., Server]
 ) -> None:
@@ -92,7 +82,7 @@ def test_synchronous_standby_promoted_mid_run_loses_and_duplicates_nothing(
     stored: dict[str, dict[str, Any]] = {}
     for publisher in publishers:
         stored.update(publisher.settle(server.url))
-    log = log_of(server.url)
+    log = audit(server.url)
     assert_stored_once(log, publishers, stored)
     attempts = [a for p in publishers for a in p.attempts]
     assert any(a.event is None for a in attempts), "no publish met the failover"
@@ -146,7 +136,7 @@ def test_asynchronous_standby_promoted_without_events_never_lets_a_subscriber_sk
                 return response.status_code == 201
 
             wait_until(stored, timeout=30, interval=0.2)
-    log = log_of(server.url)
+    log = audit(server.url)
     assert [e["data"] for e in log] == [f"old-{n}" for n in range(50)] + [f"new-{n}" for n in range(40)]
     last[0] = new[-1]
     done.set()
