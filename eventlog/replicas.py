@@ -11,9 +11,9 @@ snapshot's head is at least ``need``, and nothing else: a replica behind is wait
 moment (``WAIT_SECONDS``), then skipped for the primary, never read as "nothing there".
 
 Each process checks its replicas every ``CHECK_SECONDS`` in a background thread: one that does
-not answer, is not in recovery (a promoted or misnamed server), or lags more than the limit
-(the age, on the primary's clock, of the oldest event it lacks) is left out until a check
-finds it well again. A replica that fails during a read is left out at once and the read runs
+not answer, is not in recovery (a promoted or misnamed server), has not replayed the primary's
+latest promotion (``timelines.py``), or lags more than the limit (the age, on the primary's
+clock, of the oldest event it lacks) is left out until a check finds it well again. A replica that fails during a read is left out at once and the read runs
 on the primary: while the primary answers, a replica never costs a request.
 
 What must see the newest state never comes here: publishing, the id counter, the head that
@@ -36,7 +36,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from . import metrics
-from .models import Counter, Event
+from .models import Counter, Event, Timeline
 from .store import COUNTER_ROW, head, snapshot
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,14 @@ CHECK_SECONDS = 1.0  # how often each process checks each replica's state and la
 WAIT_SECONDS = 0.5  # how long a read waits for a replica to reach what it needs
 WAIT_STEP_SECONDS = 0.005
 QUERY_CANCELED = "57014"  # the read's own timeout: the primary would time out the same way
+_LATEST_TIMELINE = select(func.max(Timeline.timeline)).scalar_subquery()
 
 
 @dataclass(frozen=True, slots=True)
 class ReplicaState:
     """What the last check found: ``state`` is "ok" (in use), "lagging", "unreachable",
-    "not a standby" or "unknown" (not checked yet); ``lag_seconds`` None when unknown."""
+    "not a standby", "behind a failover" or "unknown" (not checked yet); ``lag_seconds``
+    None when unknown."""
 
     state: str = "unknown"
     lag_seconds: float | None = None
@@ -88,11 +90,11 @@ class Replicas:
         self._metrics = metrics.get()
 
     def start(self) -> None:
-        """Check the replicas now, then every ``CHECK_SECONDS`` in the background."""
+        """Check the replicas at once, then every ``CHECK_SECONDS``, in the background (until
+        the first check, reads go to the primary)."""
         with self._lock:
             if not self.replicas or self._thread is not None:
                 return
-            self.check()
             self._thread = threading.Thread(target=self._run, name="eventlog-replicas", daemon=True)
             self._thread.start()
 
@@ -104,11 +106,12 @@ class Replicas:
             replica.engine.dispose()
 
     def _run(self) -> None:
-        while not self._stop.wait(CHECK_SECONDS):
+        while not self._stop.is_set():
             try:
                 self.check()
             except Exception:  # a bug must not end the checks: replicas would stay as they are
                 log.exception("checking the read replicas failed")
+            self._stop.wait(CHECK_SECONDS)
 
     def check(self) -> None:
         """Measure every replica and take it in or leave it out."""
@@ -116,32 +119,41 @@ class Replicas:
             self._set(replica, self._measure(replica))
 
     def _measure(self, replica: Replica) -> ReplicaState:
+        newest_id = select(Counter.last_id).where(Counter.id == COUNTER_ROW).scalar_subquery()
         try:
             with replica.engine.connect() as conn:
-                newest_id = select(Counter.last_id).where(Counter.id == COUNTER_ROW).scalar_subquery()
-                standby, newest = conn.execute(select(func.pg_is_in_recovery(), newest_id)).one()
+                standby, newest, timeline = conn.execute(
+                    select(func.pg_is_in_recovery(), newest_id, _LATEST_TIMELINE)
+                ).one()
         except SQLAlchemyError:
             return ReplicaState("unreachable")
         if not standby:
             return ReplicaState("not a standby", head=newest)
         try:
-            lag = self._lag_behind(int(newest))
+            lag, primary_timeline = self._lag_behind(int(newest))
         except SQLAlchemyError:
             return replica.status  # the primary did not answer: nothing to compare with
+        if (timeline or 0) < (primary_timeline or 0):
+            # It has not replayed the primary's promotion: after an asynchronous failover it
+            # may hold events the new primary lost, under ids handed out again.
+            return ReplicaState("behind a failover", head=int(newest))
         state = "ok" if lag <= self._max_lag else "lagging"
         return ReplicaState(state, lag, int(newest))
 
-    def _lag_behind(self, replica_head: int) -> float:
+    def _lag_behind(self, replica_head: int) -> tuple[float, int | None]:
         """How long ago, on the primary's clock, the oldest event a replica at
-        ``replica_head`` lacks was committed (0 when it lacks none)."""
+        ``replica_head`` lacks was committed (0 when it lacks none); and the latest timeline
+        the primary recorded (``timelines.py``)."""
+        oldest_missing = (
+            select(func.extract("epoch", func.clock_timestamp() - Event.time))
+            .where(Event.id > replica_head)
+            .order_by(Event.id)
+            .limit(1)
+            .scalar_subquery()
+        )
         with self.primary.connect() as conn:
-            age = conn.execute(
-                select(func.extract("epoch", func.clock_timestamp() - Event.time))
-                .where(Event.id > replica_head)
-                .order_by(Event.id)
-                .limit(1)
-            ).scalar_one_or_none()
-        return 0.0 if age is None else max(0.0, float(age))
+            age, timeline = conn.execute(select(oldest_missing, _LATEST_TIMELINE)).one()
+        return (0.0 if age is None else max(0.0, float(age))), timeline
 
     def _set(self, replica: Replica, status: ReplicaState) -> None:
         before = replica.status

@@ -101,13 +101,17 @@ def test_asynchronous_standby_promoted_without_events_never_lets_a_subscriber_sk
 ) -> None:
     """Events 51-80 reach subscribers but never the asynchronous standby, which is then
     promoted: new events never reuse those ids unannounced. Whoever saw a lost event (or
-    resumes from before them) gets a reset and then every new event."""
+    resumes from before them) gets a reset and then every new event. A second standby that
+    received the lost events (it cannot follow the new timeline) is left out of reads."""
     standby = cluster.standby("async")
+    diverged = cluster.standby("diverged")
     cluster.wait_streaming(standby)
+    cluster.wait_streaming(diverged)
     name = database(cluster, standby)
+    wait_until(lambda: diverged.sql("SELECT count(*) FROM event_counter", name) == "1", timeout=30)
     server = start_server(
         multi_host(name, cluster.primary, standby), POLL_SECONDS=0.2, HEARTBEAT_SECONDS=0.2,
-        **SHORT_TIMEOUTS,
+        DATABASE_REPLICA_URLS=diverged.url(name), REPLICA_MAX_LAG_SECONDS=30, **SHORT_TIMEOUTS,
     )
     with httpx.Client(timeout=10) as client:
         for n in range(50):
@@ -136,7 +140,12 @@ def test_asynchronous_standby_promoted_without_events_never_lets_a_subscriber_sk
                 return response.status_code == 201
 
             wait_until(stored, timeout=30, interval=0.2)
-    log = audit(server.url)
+    replica = f"127.0.0.1:{diverged.port}/{name}"
+    wait_until(
+        lambda: httpx.get(f"{server.url}/readyz").json()["replicas"][replica]["state"] == "behind a failover",
+        timeout=10,
+    )
+    log = audit(server.url)  # not from the diverged standby, which still holds old-50..old-79
     assert [e["data"] for e in log] == [f"old-{n}" for n in range(50)] + [f"new-{n}" for n in range(40)]
     last[0] = new[-1]
     done.set()
