@@ -312,7 +312,11 @@ class EventLog:
         """Every event matching ``where``, read page by page (for exports and the CLI)."""
         state = self._state()
         for page in pages(
-            state.replicas.at_least(0), where, size=1000, newest_first=newest_first, max_bytes=state.settings.page_bytes
+            state.replicas.at_least(0),
+            where,
+            size=1000,
+            newest_first=newest_first,
+            max_bytes=state.settings.page_bytes,
         ):
             yield from page.events
 

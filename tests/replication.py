@@ -9,6 +9,7 @@ lags; ``apply_delay`` delays its replay on purpose (``recovery_min_apply_delay``
 
 from __future__ import annotations
 
+import getpass
 import glob
 import os
 import shutil
@@ -20,7 +21,8 @@ from pathlib import Path
 
 from helpers import free_port
 
-BIN = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]) if glob.glob("/usr/lib/postgresql/*/bin") else None
+_BINS = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda path: float(Path(path).parent.name))
+BIN = Path(_BINS[-1]) if _BINS else None  # the newest installed
 USER = "postgres"
 SETTINGS = """
 listen_addresses = '127.0.0.1'
@@ -48,7 +50,7 @@ def available() -> str | None:
     """Why streaming replication cannot be tested here, or None when it can."""
     if BIN is None:
         return "no PostgreSQL binaries under /usr/lib/postgresql"
-    if os.geteuid() != 0 and Path.home().name != USER:
+    if os.geteuid() != 0 and getpass.getuser() != USER:
         return "building clusters needs root (to run them as postgres) or the postgres user"
     return None
 
