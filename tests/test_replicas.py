@@ -362,6 +362,7 @@ def test_prune_while_replicas_lag_never_leaves_a_silent_gap_nor_a_false_reset(
     delayed = running.name_of(running.delayed, name)
     assert events.prune() == 150
     outcomes = []
+    lagged = False
     for moment in ("before the standby replays the prune", "after"):
         before = replica_reads_in_process(delayed)
         for resume in (0, 60, 149, 150, 170):
@@ -370,10 +371,13 @@ def test_prune_while_replicas_lag_never_leaves_a_silent_gap_nor_a_false_reset(
             assert_no_silent_gap_nor_false_reset(resume, got)
             assert got[-1] == ("message", 200)
         assert replica_reads_in_process(delayed) > before, "read from the standby"
+        if moment != "after":
+            lagged = running.delayed.sql("SELECT count(*) FROM pruned_streams", name) == "0"
         time.sleep(1.5)  # the standby replays the prune (recovery_min_apply_delay)
     resets_before = [r for m, r, got in outcomes if m != "after" and any(k == "reset" for k, _ in got)]
     resets_after = [r for m, r, got in outcomes if m == "after" and any(k == "reset" for k, _ in got)]
-    assert resets_before == []  # the standby still held every event: nothing to tell
+    if lagged:  # (on a very slow machine the standby may have replayed the prune already)
+        assert resets_before == []  # the standby still held every event: nothing to tell
     assert resets_after == [0, 60, 149]
 
 
