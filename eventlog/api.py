@@ -175,12 +175,21 @@ def healthz() -> Response:
 @blueprint.get("/readyz")
 def readyz() -> Response:
     """Readiness: 503 only when the database does not answer. Redis down is "degraded":
-    publishing works, and every process still finds new events by polling."""
-    checks = current_eventlog().readiness()
+    publishing works, and every process still finds new events by polling. So is a read
+    replica left out (down, lagging, not a standby): its reads go to the primary."""
+    eventlog = current_eventlog()
+    checks = eventlog.readiness()
+    replicas = {
+        name: {"state": r.state, "lag_seconds": r.lag_seconds}
+        for name, r in eventlog.replica_states().items()
+    }
+    shown: dict[str, Any] = {**checks, "replicas": replicas} if replicas else dict(checks)
     if checks["database"] != "ok":
-        return _json({"status": "unavailable", **checks}, 503)
-    status = "ready" if all(state == "ok" for state in checks.values()) else "degraded"
-    return _json({"status": status, **checks})
+        return _json({"status": "unavailable", **shown}, 503)
+    healthy = all(state == "ok" for state in checks.values()) and all(
+        r["state"] == "ok" for r in replicas.values()
+    )
+    return _json({"status": "ready" if healthy else "degraded", **shown})
 
 
 @blueprint.get("/metrics")

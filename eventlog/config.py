@@ -51,6 +51,8 @@ class Settings:
     """The checked settings one app runs with (the README's configuration table)."""
 
     database_url: str = "sqlite:///eventlog.db"
+    database_replica_urls: str = ""
+    replica_max_lag_seconds: float = 5.0
     redis_url: str = ""
     redis_channel: str = "eventlog"
     max_data_bytes: int = 1024 * 1024
@@ -99,6 +101,7 @@ class Settings:
             for field in dataclasses.fields(cls)
         }
         values["database_url"] = _database_url(values["database_url"])
+        values["database_replica_urls"] = _replica_urls(values["database_replica_urls"], values["database_url"])
         if values["jwt_secret"] and len(values["jwt_secret"].encode()) < MIN_SECRET_BYTES:
             raise ConfigError(
                 f"{key_of('jwt_secret')} must be at least {MIN_SECRET_BYTES} bytes"
@@ -109,6 +112,11 @@ class Settings:
             raise ConfigError(f"{key_of('allowed_hosts')} is empty; name the hosts, or * for any")
         _check_reply_timeout(values)
         return cls(**values)
+
+    @property
+    def replica_urls(self) -> list[str]:
+        """The read replicas' URLs (``EVENTLOG_DATABASE_REPLICA_URLS``), in their order."""
+        return self.database_replica_urls.split(",") if self.database_replica_urls else []
 
     @property
     def origins(self) -> frozenset[str]:
@@ -249,6 +257,22 @@ def _database_url(raw: str) -> str:
     if supported is None:
         raise ConfigError(f"{key}: eventlog runs on {SUPPORTED}, not {url.get_backend_name()}")
     return supported.render_as_string(hide_password=False)
+
+
+def _replica_urls(raw: str, primary: str) -> str:
+    """Check the comma-separated replica URLs: PostgreSQL standbys of a PostgreSQL primary
+    (SQLite has no replicas; MySQL's are not supported)."""
+    key = key_of("database_replica_urls")
+    urls = []
+    for given in (u.strip() for u in raw.split(",") if u.strip()):
+        try:
+            url = _database_url(given)
+        except ConfigError:
+            raise ConfigError(f"{key}: each entry must be a PostgreSQL URL") from None
+        if make_url(url).get_backend_name() != "postgresql" or make_url(primary).get_backend_name() != "postgresql":
+            raise ConfigError(f"{key}: read replicas are PostgreSQL standbys of a PostgreSQL {key_of('database_url')}")
+        urls.append(url)
+    return ",".join(urls)
 
 
 def _origins(raw: str) -> str:

@@ -33,6 +33,7 @@ from .errors import ConfigError, IdempotencyConflict, OutOfSpace, QueryTooLong, 
 from .events import EventFilter, NewEvent, StoredEvent
 from .hub import Hub
 from .notify import LocalNotifier, Notifier, RedisNotifier
+from .replicas import Replica, Replicas, ReplicaState
 from .retention import Policy, Pruner, count, prune
 from .sse import DEFAULT_TYPE
 from .store import (
@@ -43,9 +44,9 @@ from .store import (
     count_events,
     pages,
     read_page,
-    snapshot,
 )
 from .stream import event_stream
+from .timelines import Timelines
 from .transaction import announce_after_commit
 from .validation import parse_events
 from .writer import Writer
@@ -67,6 +68,11 @@ class _State:
         self.settings = settings
         auth = TokenAuth.from_settings(settings)  # first: a bad key opens nothing
         self.engine = make_engine(settings.database_url, timeouts_of(settings))
+        self.replicas = Replicas(
+            self.engine,
+            [Replica(url, make_engine(url, timeouts_of(settings))) for url in settings.replica_urls],
+            max_lag_seconds=settings.replica_max_lag_seconds,
+        )
         self.notifier: Notifier = (
             RedisNotifier(settings.redis_url, settings.redis_channel)
             if settings.redis_url
@@ -83,6 +89,13 @@ class _State:
             page_bytes=settings.page_bytes,
         )
         self.writer = Writer(self.engine, self.notifier.announce, max_bytes=settings.max_request_bytes)
+        self.published = 0  # the highest id this process's publishes got
+        if backend_of(self.engine).timelines:
+            Timelines(
+                self.engine,
+                seen=lambda: max(self.hub.cursor, self.published),
+                on_lost=lambda: self.hub.resync(),
+            )
         self.auth = auth
         self.policy = Policy(settings.retain_seconds, settings.retain_events)
         self.pruner = Pruner(self.engine, self.policy, interval=settings.prune_seconds)
@@ -90,6 +103,7 @@ class _State:
         # When a publish of this process last found the database out of space (monotonic
         # time), until one succeeds: what readiness reports.
         self.out_of_space_at: float | None = None
+        self.replicas.start()
 
     def deadline(self) -> contextlib.AbstractContextManager[float | None]:
         """The bound of one request's database work: EVENTLOG_REPLY_TIMEOUT_SECONDS in all,
@@ -99,6 +113,7 @@ class _State:
 
     def close(self) -> None:
         self.pruner.stop()
+        self.replicas.stop()
         self.hub.stop()
         self.notifier.close()
         self.writer.close()
@@ -259,6 +274,8 @@ class EventLog:
             measured.idempotent_replay.inc(len(events))
         else:
             state.out_of_space_at = None  # a write went through: there is space again
+        # What a failover must not hand out again (``timelines.py``).
+        state.published = max(state.published, outcome.events[-1].id)
         return outcome
 
     def _append_in(
@@ -285,35 +302,43 @@ class EventLog:
         state = self._state()
         cap = state.settings.audit_timeout_seconds
         backend = backend_of(state.engine)
-        with state.deadline(), snapshot(state.engine) as conn:
-            try:
-                with backend.cap_statements(conn, cap) if cap else contextlib.nullcontext():
-                    return read_page(
-                        conn,
-                        where,
-                        limit=limit,
-                        newest_first=newest_first,
-                        max_bytes=state.settings.page_bytes,
-                        with_pruned=True,
-                    )
-            except DBAPIError as error:
-                if backend.classify(error) is not StatementTimeout:
-                    raise
-                raise QueryTooLong(
-                    f"the query took longer than {cap:g} s; narrow it with stream, type,"
-                    " after/before or a shorter since/until"
-                ) from None
+
+        def read(conn: Connection) -> Page:
+            with backend.cap_statements(conn, cap) if cap else contextlib.nullcontext():
+                return read_page(
+                    conn,
+                    where,
+                    limit=limit,
+                    newest_first=newest_first,
+                    max_bytes=state.settings.page_bytes,
+                    with_pruned=True,
+                )
+
+        try:
+            # A replica that has every event up to ``after`` (``replicas.py``).
+            with state.deadline():
+                return state.replicas.read(where.after or 0, read)
+        except DBAPIError as error:
+            if backend.classify(error) is not StatementTimeout:
+                raise
+            raise QueryTooLong(
+                f"the query took longer than {cap:g} s; narrow it with stream, type,"
+                " after/before or a shorter since/until"
+            ) from None
 
     def count(self, where: EventFilter) -> int:
         """How many events match ``where`` (one COUNT: an export's progress total)."""
-        with self._state().engine.connect() as conn:
-            return count_events(conn, where)
+        return self._state().replicas.read(0, lambda conn: count_events(conn, where))
 
     def events(self, where: EventFilter, *, newest_first: bool = False) -> Iterator[StoredEvent]:
         """Every event matching ``where``, read page by page (for exports and the CLI)."""
         state = self._state()
         for page in pages(
-            state.engine, where, size=1000, newest_first=newest_first, max_bytes=state.settings.page_bytes
+            state.replicas.at_least(0),
+            where,
+            size=1000,
+            newest_first=newest_first,
+            max_bytes=state.settings.page_bytes,
         ):
             yield from page.events
 
@@ -336,12 +361,17 @@ class EventLog:
             streams,
             resume_after,
             retry_ms=state.settings.retry_ms,
+            reads=state.replicas,
             envelope=envelope,
             page_bytes=state.settings.page_bytes,
             client_gone=client_gone,
             expires_at=expires_at,
             on_end=on_end,
         )
+
+    def replica_states(self) -> dict[str, ReplicaState]:
+        """Each read replica (``host:port/database``) and what its last check found."""
+        return self._state().replicas.states()
 
     def readiness(self) -> dict[str, str]:
         """What answers: ``database`` ("ok", "unreachable", "not migrated" when its schema

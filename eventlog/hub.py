@@ -358,6 +358,11 @@ class Hub:
                 break
         return self._cursor - start
 
+    def resync(self) -> None:
+        """Send every subscriber back to SQL from its own cursor, as after an overflow (a
+        failover lost events it may have seen: ``timelines.py``)."""
+        self._skip(self._cursor)
+
     def _skip(self, last_id: int) -> None:
         """Move past a page that could not be fanned out: every subscriber catches up on it
         from SQL on its own, as after an overflow, so nobody misses it."""

@@ -21,6 +21,11 @@
                                       first stream started its hub
     polled_events_total               events the hub found on its periodic read, not by a ring:
                                       a silent Redis (or an announcement lost) shows here
+    replica_lag_seconds{replica}      how far a read replica is behind the primary at the last
+                                      check (the age of the oldest event it lacks); -1 unknown
+    replica_in_use{replica}           1 while reads may go to the replica, 0 while it is left out
+    replica_reads_total{source}       snapshot reads (replay and audit pages, exports) by where
+                                      they ran: a replica's name, or primary
 
 All names carry the ``eventlog_`` prefix. Counters move once per batch, never per event per
 subscriber, and a live stream's at most once a second (``stream.REPORT_SECONDS``): the fan-out
@@ -94,6 +99,24 @@ class Metrics:
         )
         self.polled: Counter = Counter(
             "eventlog_polled_events", "Events the hub found by its periodic read, not by a notification."
+        )
+        # The worst over live workers: each checks the replicas on its own.
+        self.replica_lag: Gauge = Gauge(
+            "eventlog_replica_lag_seconds",
+            "How far a read replica is behind the primary (the age of the oldest event it lacks); -1 unknown.",
+            ["replica"],
+            multiprocess_mode="livemax",
+        )
+        self.replica_in_use: Gauge = Gauge(
+            "eventlog_replica_in_use",
+            "1 while reads may go to the replica, 0 while it is left out (down, lagging, not a standby).",
+            ["replica"],
+            multiprocess_mode="livemin",
+        )
+        self.replica_reads: Counter = Counter(
+            "eventlog_replica_reads",
+            "Snapshot reads (replay and audit pages, exports) by where they ran: a replica, or primary.",
+            ["source"],
         )
 
 

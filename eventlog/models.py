@@ -93,3 +93,22 @@ class PrunedStream(Base):
     pruned_through: Mapped[int] = mapped_column(Id)
 
     __table_args__ = (TABLE_OPTIONS,)
+
+class Timeline(Base):
+    """A PostgreSQL timeline the log was written on (a promotion starts a new one): where
+    the log stood when eventlog first wrote on it, and, after an asynchronous failover that
+    lost acknowledged events, the highest id a server had seen of them (``timelines.py``).
+
+    Ids up to ``lost_through`` above ``previous_head`` were never handed out on this timeline,
+    or (after a late witness) may have been handed out twice: a resume point below
+    ``lost_through`` gets a ``reset``.
+    """
+
+    __tablename__ = "eventlog_timelines"
+
+    timeline: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)
+    previous_head: Mapped[int] = mapped_column(Id)
+    lost_through: Mapped[int] = mapped_column(Id)
+    time: Mapped[datetime] = mapped_column(Time())
+
+    __table_args__ = (TABLE_OPTIONS,)

@@ -8,10 +8,11 @@ caller's job once that transaction has committed.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Select,
     and_,
     func,
+    literal,
     or_,
     select,
     union_all,
@@ -29,8 +31,10 @@ from sqlalchemy import (
 from .database import backend_of
 from .engines.common import COUNTER_ROW
 from .errors import IdempotencyConflict
-from .events import MAX_ID, EventFilter, NewEvent, StoredEvent, is_prefix, prefix_range, utc
-from .models import Counter, Event, IdempotencyKey, PrunedStream
+from .events import EVERY_STREAM, MAX_ID, EventFilter, NewEvent, StoredEvent, is_prefix, prefix_range, utc
+from .models import Counter, Event, IdempotencyKey, PrunedStream, Timeline
+
+T = TypeVar("T")
 
 # Built once: it runs on every hub wake-up.
 _HEAD = select(Counter.last_id).where(Counter.id == COUNTER_ROW)
@@ -235,8 +239,15 @@ def _read_events(
     return Page([_stored(row) for row in rows[:limit]], more=found > limit or len(rows) < found)
 
 
+class Source(Protocol):
+    """Where a pager may read besides the primary's engine (``replicas.AtLeast``): it runs
+    ``read`` on a snapshot that holds every event up to id ``need``."""
+
+    def read(self, need: int, read: Callable[[Connection], T]) -> T: ...
+
+
 def pages(
-    engine: Engine,
+    engine: Engine | Source,
     where: EventFilter,
     *,
     size: int,
@@ -251,17 +262,22 @@ def pages(
     borrows a connection only while it is read, so a consumer that waits between pages
     (a slow client, a paused fan-out) holds none. Pages come with events, except, with
     ``with_pruned``, a last empty one that says what was pruned past the previous page.
+    A ``Source`` reads each page on a snapshot that has every event up to its ``after``.
     """
     while True:
-        with snapshot(engine) if with_pruned else engine.connect() as conn:
-            page = read_page(
-                conn,
-                where,
-                limit=size,
-                newest_first=newest_first,
-                max_bytes=max_bytes,
-                with_pruned=with_pruned,
-            )
+        read = partial(
+            read_page,
+            where=where,
+            limit=size,
+            newest_first=newest_first,
+            max_bytes=max_bytes,
+            with_pruned=with_pruned,
+        )
+        if isinstance(engine, Engine):
+            with snapshot(engine) if with_pruned else engine.connect() as conn:
+                page = read(conn)
+        else:
+            page = engine.read(where.after or 0, read)
         if page.events or page.pruned:
             yield page
         if not page.more or not page.events:
@@ -285,13 +301,21 @@ def snapshot(engine: Engine) -> Connection:
 
 def pruned_above(conn: Connection, streams: Sequence[str], after: int) -> dict[str, int]:
     """Per stream of ``streams`` (every stream if empty), the highest id pruned, where
-    that is above ``after``: events of that stream after ``after`` were deleted."""
+    that is above ``after``: events of that stream after ``after`` were deleted; under
+    ``EVERY_STREAM``, the highest id a failover lost, where that is above ``after``."""
     query = select(PrunedStream.stream, PrunedStream.pruned_through).where(
         PrunedStream.pruned_through > after
     )
     if streams:
         query = query.where(stream_condition(PrunedStream.stream, streams))
-    return {row.stream: int(row.pruned_through) for row in conn.execute(query)}
+    # What a failover lost is missing from every stream (``timelines.py``); in the same
+    # statement, so a snapshot's page still costs two.
+    lost = (
+        select(literal(EVERY_STREAM).label("stream"), func.max(Timeline.lost_through))
+        .where(Timeline.lost_through > Timeline.previous_head, Timeline.lost_through > after)
+        .having(func.max(Timeline.lost_through).is_not(None))
+    )
+    return {row.stream: int(row.pruned_through) for row in conn.execute(union_all(query, lost))}
 
 
 def oldest(conn: Connection, streams: Sequence[str]) -> int | None:

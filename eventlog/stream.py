@@ -34,8 +34,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import frames, metrics, sse
 from .events import RESET_TYPE, EventFilter
 from .hub import Hub, Subscription
+from .replicas import Replicas
 from .sse import Frame
-from .store import Page, head, oldest, pages
+from .store import Page, Source, head, oldest, pages
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def event_stream(
     resume_after: int | None,
     *,
     retry_ms: int,
+    reads: Replicas | None = None,
     envelope: bool = False,
     page_size: int = 1000,
     page_bytes: int = 8 * 1024 * 1024,
@@ -77,6 +79,8 @@ def event_stream(
     and TCP accepts the first write after a close.
     ``expires_at`` (seconds since the epoch): the stream ends then, even while idle.
     ``on_end`` is called with the number of events sent when the stream ends (the access log).
+    ``reads``: replays read from a replica that has reached the hub's cursor (else the
+    primary); the head that decides a reset is always read from ``engine``, the primary.
     """
     subscription: Subscription | None = None
     reader: _Reader | None = None
@@ -87,8 +91,15 @@ def event_stream(
         watch = getattr(client_gone, "watch", None)
         if watch is not None:
             unwatch = watch(subscription.wake)
+
+        def replay_source() -> Engine | Source:
+            # Everything after the hub's cursor reaches the buffer: a replay must see every
+            # event up to it, or it would end short of the buffer's first event.
+            return engine if reads is None else reads.at_least(hub.cursor)
+
         reader = _Reader(
-            engine, subscription, tuple(subscription.streams), page_size, page_bytes, client_gone
+            engine, replay_source, subscription, tuple(subscription.streams), page_size, page_bytes,
+            client_gone,
         )
         reset = reader.start(resume_after)
         # The first bytes go out at once, so headers flush; by now the subscriber is
@@ -119,6 +130,7 @@ class _Reader:
     def __init__(
         self,
         engine: Engine,
+        replay_source: Callable[[], Engine | Source],
         subscription: Subscription,
         streams: tuple[str, ...],
         page_size: int,
@@ -126,6 +138,7 @@ class _Reader:
         client_gone: Callable[[], bool] | None,
     ) -> None:
         self._engine = engine
+        self._replay_source = replay_source
         self._subscription = subscription
         self._streams = streams
         self._page_size = page_size
@@ -190,7 +203,7 @@ class _Reader:
         if events past the cursor were pruned meanwhile."""
         where = EventFilter(streams=self._streams, after=self.cursor)
         for page in pages(
-            self._engine, where, size=self._page_size, max_bytes=self._page_bytes, with_pruned=True
+            self._replay_source(), where, size=self._page_size, max_bytes=self._page_bytes, with_pruned=True
         ):
             if self._subscription.expired:
                 self.ended = True

@@ -80,6 +80,9 @@ class Backend(abc.ABC):
     request_deadline: ClassVar[bool] = False
     """Whether every wait of the driver ends at the request's deadline (``deadline.py``):
     then EVENTLOG_REPLY_TIMEOUT_SECONDS bounds a request's database work in all, not each wait."""
+    timelines: ClassVar[bool] = False
+    """Whether a promoted standby starts a new, numbered timeline that eventlog can read
+    (``timelines.py``): how a failover that lost acknowledged events is detected."""
     batch_migrations: ClassVar[bool] = False
     """Whether Alembic must rebuild tables to alter them (``render_as_batch``)."""
 

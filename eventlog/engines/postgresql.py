@@ -74,6 +74,7 @@ class PostgreSQL(OnConflict):
     schemes = ("postgres",)  # what hosting providers hand out
     one_statement_publish = True
     request_deadline = True  # BoundedConnection's waits and the connect timeout honour it
+    timelines = True
     insert = staticmethod(postgresql.insert)
 
     def create_engine(self, url: URL, timeouts: Timeouts | None, options: dict[str, Any]) -> Engine:
