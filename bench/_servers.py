@@ -221,11 +221,12 @@ def run_id() -> str:
 # --- PostgreSQL -----------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def fresh_database(keep: bool = False) -> Iterator[str]:
+def fresh_database(keep: bool = False, extra_env: dict[str, str] | None = None) -> Iterator[str]:
     """A new, migrated PostgreSQL database of this run's own; dropped afterwards.
 
     Created next to the server's ``test`` database (``eventlog_bench_<run>``), migrated with
-    ``eventlog db upgrade`` exactly as a deployment would.
+    ``eventlog db upgrade`` exactly as a deployment would (with ``extra_env``: by the code the
+    server will run, when that is another revision's).
     """
     import psycopg
     from sqlalchemy.engine import make_url
@@ -237,7 +238,7 @@ def fresh_database(keep: bool = False) -> Iterator[str]:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = base.set(database=name).render_as_string(hide_password=False)
     try:
-        env = {**clean_env(), "EVENTLOG_DATABASE_URL": url}
+        env = {**clean_env(), **(extra_env or {}), "EVENTLOG_DATABASE_URL": url}
         subprocess.run(
             [str(EVENTLOG_BIN), "db", "upgrade"], env=env, check=True,
             stdout=subprocess.DEVNULL, timeout=120,
