@@ -16,10 +16,15 @@ ring or poll, an event that cannot be framed is skipped (``frames.py``), and any
 is logged and the page handed to every subscriber's own catch-up from SQL; the thread never
 ends and never retries one page forever.
 
-Under load the hub fans out at most once per ``fanout_seconds``: what arrives in between
-goes to each subscriber in one write. Every write to a socket costs about the same whatever it
-carries, so this divides the CPU of a busy stream by the events per write. An event after a
-quiet spell (none fanned out for that long) goes out at once.
+The fan-out adapts to load. After each delivery round (the pushes, and the writes of the
+readers they woke) the hub waits as long as that round took, at most ``fanout_seconds``, before
+the next one: what arrives meanwhile goes to each subscriber in one write. Every write to a
+socket costs about the same whatever it carries, so a busy hub divides its CPU by the events
+per write and spends at most about half its time delivering, while an idle one (a cheap round,
+or a quiet spell longer than the last round) sends each event at once.
+
+Without subscribers the hub reads nothing: a doorbell moves its cursor to the id it announces
+(committed, so a later subscriber's replay finds those events in SQL).
 
 Heartbeats come from the hub too: every ``heartbeat_seconds`` one tick wakes the subscribers
 that received nothing since the tick before. A stream then waits on its buffer without a
@@ -157,7 +162,8 @@ class Hub:
         self._notifier = notifier
         self._poll_seconds = poll_seconds
         self._fanout_seconds = fanout_seconds
-        self._fanned_out_at = 0.0  # time.monotonic() when the last fan-out began
+        self._calm_at = 0.0  # time.monotonic() before which the next fan-out waits (busy)
+        self._announced = 0  # the highest id a doorbell announced
         self._heartbeat_seconds = heartbeat_seconds
         self._buffer = buffer
         self._buffer_bytes = buffer_bytes
@@ -254,6 +260,8 @@ class Hub:
     def ring(self, last_id: int | None) -> None:
         """A doorbell: ids up to ``last_id`` (None: unknown) may be waiting in SQL."""
         if last_id is None or last_id > self._cursor:
+            if last_id is not None and last_id > self._announced:
+                self._announced = last_id
             self._rung.set()
 
     def start(self) -> None:
@@ -287,7 +295,7 @@ class Hub:
         while not self._stop.is_set():
             # False: the poll timeout woke us, so whatever the read finds, nobody announced.
             rung = self._rung.wait(self._poll_seconds)
-            pause = self._fanned_out_at + self._fanout_seconds - time.monotonic()
+            pause = self._calm_at - time.monotonic()
             if pause > 0:
                 self._stop.wait(pause)  # rings meanwhile are served by the read that follows
             rung = rung or self._rung.is_set()
@@ -329,18 +337,37 @@ class Hub:
         """Read everything after the cursor, page by page, and fan it out; how many ids it
         moved past."""
         start = self._cursor
+        if self._skip_unread():
+            return self._cursor - start
+        delivering = 0.0  # seconds spent pushing, and letting the woken readers write
         where = EventFilter(after=start)
         for page in pages(self._engine, where, size=self._page_size, max_bytes=self._page_bytes):
-            self._fanned_out_at = time.monotonic()
+            began = time.monotonic()
             events = page.events
             try:
                 self._fan_out(events)
             except Exception:  # a bug must not stop delivery, nor retry the same page forever
                 log.exception("hub failed to fan out events %d-%d", events[0].id, events[-1].id)
                 self._skip(events[-1].id)
+            # Under gevent the readers woken above write in the order they were woken, and
+            # this sleep resumes after them: the round's cost includes their writes.
+            time.sleep(0)
+            delivering += time.monotonic() - began
             if self._stop.is_set():
                 break
+        self._calm_at = time.monotonic() + min(delivering, self._fanout_seconds)
         return self._cursor - start
+
+    def _skip_unread(self) -> bool:
+        """Without subscribers, move the cursor to the announced head without reading it;
+        whether there was nobody to read for."""
+        with self._lock:
+            if self._everything or self._by_stream:
+                return False
+            # Under the lock that registration takes: a subscriber positioned after this
+            # replays these committed events from SQL; one before it is not possible.
+            self._cursor = max(self._cursor, self._announced)
+            return True
 
     def _skip(self, last_id: int) -> None:
         """Move past a page that could not be fanned out: every subscriber catches up on it
