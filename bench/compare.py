@@ -7,9 +7,11 @@ worth comparing with one measured beside it. This script checks the revision out
 (the order alternates each round, so a drift during the run favours neither), and prints every
 round's figures and ratios side by side, then the medians:
 
-    single   8 keep-alive clients POST one event each (publish.py single): events/s
-    batch    the same with arrays of 1,000 events: events/s
-    fanout   200 subscribers of one stream, 100 events/s (streams.py fanout): delivery p50, p99
+    single   8 keep-alive clients POST one event each (publish.py single): events/s, and the
+             server's CPU per event (steadier than the rate while other load takes the cores)
+    batch    the same with arrays of 1,000 events: events/s, CPU per event
+    fanout   200 subscribers of one stream, 100 events/s (streams.py fanout): delivery p50,
+             p99, and the server's CPU per delivery
     replay   one subscriber resumes 20,000 events behind (streams.py replay): events/s
 
 Each side gets a fresh PostgreSQL database migrated by its own code, and its own
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -90,11 +93,15 @@ def measure(name: str, args: argparse.Namespace, env: dict[str, str], client: Pa
     ) as server:
         if name in ("single", "batch"):
             result = publish.run_phase(server, name, args, 201, None, database_url)
-            return {"events/s": result["events_per_s"], "cpu": result["cpu"]}
+            # CPU per event: steadier than the rate while other load takes the cores.
+            per_event = result["cpu"]["server"] / max(result["events_per_s"], 1e-9) * 1e6
+            return {"events/s": result["events_per_s"], "server CPU us/event": per_event, "cpu": result["cpu"]}
         if name == "fanout":
             total = int(args.rate * args.duration)
             result = streams._fanout_one(args, "eventlog", server, 201, total, database_url, client)
+            per_delivery = re.search(r"server CPU per delivery ([\d.]+) us", result["summary"])
             return {"p50 ms": result["p50"] * 1000, "p99 ms": result["p99"] * 1000,
+                    "server CPU us/delivery": float(per_delivery.group(1)) if per_delivery else 0.0,
                     "missing": result["missing"], "dupes": result["dupes"], "cpu": None}
         result = streams._replay_eventlog(args, server, database_url)
         return {"events/s": result.get("rate") or 0.0, "cpu": None}
@@ -102,7 +109,7 @@ def measure(name: str, args: argparse.Namespace, env: dict[str, str], client: Pa
 
 def ratio(key: str, ours: float, theirs: float) -> float:
     """How much better this checkout is: above 1 is better (for times, theirs / ours)."""
-    if key.endswith("ms"):
+    if key.endswith(("ms", "/event", "/delivery")):
         return theirs / ours if ours else float("inf")
     return ours / theirs if theirs else float("inf")
 
@@ -135,10 +142,11 @@ def main() -> None:
                     figures[name][label].append(measure(name, scenario, sides[label], client))
                 busy = _busy_since(busy_before)
                 ours, theirs = figures[name][HERE][-1], figures[name][args.revision][-1]
-                for key in (k for k in ours if k not in ("cpu", "missing", "dupes")):
-                    rows.append([f"round {round_} {name} {key}", f"{ours[key]:,.1f}", f"{theirs[key]:,.1f}",
-                                 f"{ratio(key, ours[key], theirs[key]):.2f}", f"machine {busy:.0%} busy"])
-                print(table([rows[-1]], header), flush=True)
+                added = [[f"round {round_} {name} {key}", f"{ours[key]:,.1f}", f"{theirs[key]:,.1f}",
+                          f"{ratio(key, ours[key], theirs[key]):.2f}", f"machine {busy:.0%} busy"]
+                         for key in ours if key not in ("cpu", "missing", "dupes")]
+                rows += added
+                print(table(added, header), flush=True)
                 _check_fanout(name, ours, theirs)
         print("\nevery round (ratio above 1: this checkout is better):")
         print(table(rows, header))

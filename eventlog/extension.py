@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, scoped_session
 
 from . import metrics, migrate
 from .auth import TokenAuth
+from .budget import ReplayBudget
 from .config import Settings, key_of
 from .database import Timeouts, make_engine
 from .errors import ConfigError, IdempotencyConflict, QueryTooLong
@@ -77,6 +78,7 @@ class _State:
             buffer_bytes=settings.subscriber_buffer_bytes,
             page_bytes=settings.page_bytes,
         )
+        self.replays = ReplayBudget(settings.replay_bytes)
         self.writer = Writer(self.engine, self.notifier.announce)
         self.auth = auth
         self.policy = Policy(settings.retain_seconds, settings.retain_events)
@@ -320,6 +322,7 @@ class EventLog:
             client_gone=client_gone,
             expires_at=expires_at,
             on_end=on_end,
+            budget=state.replays,
         )
 
     def readiness(self) -> dict[str, str]:
