@@ -247,10 +247,15 @@ class _Reader:
     def send(self, batch: list[Frame], *, last_id: int, paced: bool = False) -> Iterator[bytes]:
         """Write ``batch`` and move the cursor to ``last_id`` (skipped events included);
         ``paced``: let the worker's other connections in after each write."""
-        for chunk in frames.chunks(batch):
-            yield chunk
-            if paced:  # the server wrote it; under gevent, everyone waiting runs before the next
-                time.sleep(0)
+        if not paced:
+            yield from frames.chunks(batch)
+        else:
+            for chunk in frames.chunks(batch):
+                # In pieces of at most CHUNK_BYTES (a large frame too), and after each one the
+                # worker's other greenlets run: a catch-up takes turns with everyone else.
+                for start in range(0, len(chunk), frames.CHUNK_BYTES):
+                    yield chunk if len(chunk) <= frames.CHUNK_BYTES else chunk[start : start + frames.CHUNK_BYTES]
+                    time.sleep(0)
         self.cursor = last_id
         self.sent += len(batch)
         self._unreported += len(batch)
