@@ -8,7 +8,8 @@ worth comparing with one measured beside it. This script checks the revision out
 round's figures and ratios side by side, then the medians:
 
     single   8 keep-alive clients POST one event each (publish.py single): events/s, and the
-             server's CPU per event (steadier than the rate while other load takes the cores)
+             server's CPU per event (steadier than the rate while other load takes the cores);
+             then pgbench's one-row INSERT from 8 clients in the same round, as the reference
     batch    the same with arrays of 1,000 events: events/s, CPU per event
     fanout   200 subscribers of one stream, 100 events/s (streams.py fanout): delivery p50,
              p99, and the server's CPU per delivery
@@ -107,6 +108,25 @@ def measure(name: str, args: argparse.Namespace, env: dict[str, str], client: Pa
         return {"events/s": result.get("rate") or 0.0, "cpu": None}
 
 
+def pgbench_tps(seconds: float) -> float:
+    """PostgreSQL's own rate of one-row INSERTs from 8 clients, on this machine right now: the
+    reference a single publish (one row and the counter, over HTTP) is read against."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    with fresh_database() as database_url, tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
+        url = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE pgbench_reference (id bigserial PRIMARY KEY, data text)")
+        script.write("INSERT INTO pgbench_reference (data) VALUES "
+                     """('{"type":"order-created","data":{"sku":"ABC-123","qty":2}}');\n""")
+        script.flush()
+        out = subprocess.run(["pgbench", "-n", "-c", "8", "-j", "2", "-T", str(int(seconds)), "-f",
+                              script.name, url], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"tps = ([\d.]+)", out)
+    return float(found.group(1)) if found else 0.0
+
+
 def ratio(key: str, ours: float, theirs: float) -> float:
     """How much better this checkout is: above 1 is better (for times, theirs / ours)."""
     if key.endswith(("ms", "/event", "/delivery")):
@@ -133,6 +153,7 @@ def main() -> None:
         figures: dict[str, dict[str, list[dict[str, Any]]]] = {n: {s: [] for s in sides} for n in names}
         rows: list[list[str]] = []
         header = ("", HERE, args.revision, "ratio", "")
+        reference: list[float] = []  # pgbench's tps in each round
         for round_ in range(1, args.rounds + 1):
             order = list(sides) if round_ % 2 else list(reversed(sides))
             for name in names:
@@ -148,6 +169,12 @@ def main() -> None:
                 rows += added
                 print(table(added, header), flush=True)
                 _check_fanout(name, ours, theirs)
+                if name == "single":
+                    tps = pgbench_tps(scenario.duration)
+                    reference.append(tps)
+                    print(f"  pgbench one-row INSERT, 8 clients, same round: {tps:,.0f} tps; single "
+                          f"publishes at {ours['events/s'] / tps:.0%} of it here, "
+                          f"{theirs['events/s'] / tps:.0%} on {args.revision}", flush=True)
         print("\nevery round (ratio above 1: this checkout is better):")
         print(table(rows, header))
         print("\nmedians:")
@@ -162,6 +189,8 @@ def main() -> None:
                                 f"{statistics.median(ratios):.2f}",
                                 "ratios " + " ".join(f"{r:.2f}" for r in ratios)])
         print(table(medians, header))
+        if reference:
+            print(f"  pgbench one-row INSERT (8 clients): {' '.join(f'{t:,.0f}' for t in reference)} tps")
         for name in names:
             for label in sides:
                 cpus = [f["cpu"] for f in figures[name][label] if f["cpu"]]
