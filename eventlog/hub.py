@@ -17,8 +17,9 @@ is logged and the page handed to every subscriber's own catch-up from SQL; the t
 ends and never retries one page forever.
 
 The fan-out adapts to load. After each delivery round (the pushes, and the writes of the
-readers they woke) the hub waits as long as that round took, at most ``fanout_seconds``, before
-the next one: what arrives meanwhile goes to each subscriber in one write. Every write to a
+readers they woke) the hub waits as long as that round took before the next one, but never
+begins a round more than ``fanout_seconds`` after the previous one began: what arrives
+meanwhile goes to each subscriber in one write. Every write to a
 socket costs about the same whatever it carries, so a busy hub divides its CPU by the events
 per write and spends at most about half its time delivering, while an idle one (a cheap round,
 or a quiet spell longer than the last round) sends each event at once.
@@ -339,10 +340,11 @@ class Hub:
         start = self._cursor
         if self._skip_unread():
             return self._cursor - start
+        began = time.monotonic()
         delivering = 0.0  # seconds spent pushing, and letting the woken readers write
         where = EventFilter(after=start)
         for page in pages(self._engine, where, size=self._page_size, max_bytes=self._page_bytes):
-            began = time.monotonic()
+            pushing = time.monotonic()
             events = page.events
             try:
                 self._fan_out(events)
@@ -352,10 +354,12 @@ class Hub:
             # Under gevent the readers woken above write in the order they were woken, and
             # this sleep resumes after them: the round's cost includes their writes.
             time.sleep(0)
-            delivering += time.monotonic() - began
+            delivering += time.monotonic() - pushing
             if self._stop.is_set():
                 break
-        self._calm_at = time.monotonic() + min(delivering, self._fanout_seconds)
+        # The next round begins no sooner than the deliveries of this one took again, and
+        # never waits to begin more than fanout_seconds after this one began.
+        self._calm_at = began + min(2 * delivering, self._fanout_seconds)
         return self._cursor - start
 
     def _skip_unread(self) -> bool:

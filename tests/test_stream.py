@@ -282,9 +282,9 @@ def pushes_of(subscription: Subscription, pushes: list[tuple[float, list[int]]])
 
 @pytest.mark.parametrize("delivery", [0.0, 0.4])
 def test_hub_coalesces_only_while_busy(eventlog: EventLog, delivery: float) -> None:
-    """After a delivery round the hub waits as long as the round took (at most
-    ``fanout_seconds``), and the events of that wait reach a subscriber in one push; an idle
-    hub, whose rounds cost nothing, pushes each event on its own, at once."""
+    """After a delivery round the hub waits as long as the round took (beginning the next no
+    later than ``fanout_seconds`` after this one began), and the events of that wait reach a
+    subscriber in one push; an idle hub, whose rounds cost nothing, pushes each at once."""
     hub = SlowDeliveryHub(eventlog.engine, eventlog.notifier, poll_seconds=5, fanout_seconds=1.0)
     hub.delivery = delivery
     subscription = hub.subscribe()
