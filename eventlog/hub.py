@@ -24,8 +24,8 @@ socket costs about the same whatever it carries, so a busy hub divides its CPU b
 per write and spends at most about half its time delivering, while an idle one (a cheap round,
 or a quiet spell longer than the last round) sends each event at once.
 
-Without subscribers the hub reads nothing: a doorbell moves its cursor to the id it announces
-(committed, so a later subscriber's replay finds those events in SQL).
+Without subscribers the hub reads no events: a doorbell moves its cursor to the id it announces
+(committed, so a later subscriber's replay finds those events in SQL), and a poll to the head.
 
 Heartbeats come from the hub too: every ``heartbeat_seconds`` one tick wakes the subscribers
 that received nothing since the tick before. A stream then waits on its buffer without a
@@ -302,7 +302,7 @@ class Hub:
             rung = rung or self._rung.is_set()
             self._rung.clear()
             try:
-                found = self._catch_up()
+                found = self._catch_up(rung)
                 if found and not rung:
                     self._metrics.polled.inc(found)
             except SQLAlchemyError as error:
@@ -334,11 +334,11 @@ class Hub:
             subscription.expire()
         return following
 
-    def _catch_up(self) -> int:
+    def _catch_up(self, rung: bool) -> int:
         """Read everything after the cursor, page by page, and fan it out; how many ids it
-        moved past."""
+        moved past. ``rung``: a doorbell woke the hub, not its poll."""
         start = self._cursor
-        if self._skip_unread():
+        if self._skip_unread(rung):
             return self._cursor - start
         began = time.monotonic()
         delivering = 0.0  # seconds spent pushing, and letting the woken readers write
@@ -362,15 +362,20 @@ class Hub:
         self._calm_at = began + min(2 * delivering, self._fanout_seconds)
         return self._cursor - start
 
-    def _skip_unread(self) -> bool:
-        """Without subscribers, move the cursor to the announced head without reading it;
+    def _skip_unread(self, rung: bool) -> bool:
+        """Without subscribers, move the cursor to the announced id without reading the events
+        (on a poll, to the head, so what came without a doorbell is still found and counted);
         whether there was nobody to read for."""
         with self._lock:
             if self._everything or self._by_stream:
                 return False
             # Under the lock that registration takes: a subscriber positioned after this
             # replays these committed events from SQL; one before it is not possible.
-            self._cursor = max(self._cursor, self._announced)
+            newest = self._announced
+            if not rung:
+                with self._engine.connect() as conn:
+                    newest = max(newest, head(conn))
+            self._cursor = max(self._cursor, newest)
             return True
 
     def _skip(self, last_id: int) -> None:
