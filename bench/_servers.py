@@ -223,13 +223,14 @@ def run_id() -> str:
 # --- the database ---------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def fresh_database(keep: bool = False) -> Iterator[str]:
+def fresh_database(keep: bool = False, extra_env: dict[str, str] | None = None) -> Iterator[str]:
     """A new, migrated database of this run's own; dropped afterwards.
 
     On the server ``BENCH_DATABASE_URL`` names (default ``BENCH_POSTGRES_URL``: PostgreSQL;
     ``mysql+pymysql://...`` for MariaDB or MySQL), created beside the database the URL names
     (``eventlog_bench_<run>``); for a ``sqlite:///`` URL, a new file in a temporary folder.
-    Migrated with ``eventlog db upgrade`` exactly as a deployment would.
+    Migrated with ``eventlog db upgrade`` exactly as a deployment would (with ``extra_env``: by
+    the code the server will run, when that is another revision's).
     """
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
@@ -259,7 +260,7 @@ def fresh_database(keep: bool = False) -> Iterator[str]:
             if not keep:
                 cleanup.callback(dropped)
             url = base.set(database=name).render_as_string(hide_password=False)
-        env = {**clean_env(), "EVENTLOG_DATABASE_URL": url}
+        env = {**clean_env(), **(extra_env or {}), "EVENTLOG_DATABASE_URL": url}
         subprocess.run(
             [str(EVENTLOG_BIN), "db", "upgrade"], env=env, check=True,
             stdout=subprocess.DEVNULL, timeout=120,

@@ -65,6 +65,7 @@ class Settings:
     subscriber_buffer: int = 1000
     subscriber_buffer_bytes: int = 8 * 1024 * 1024
     page_bytes: int = 8 * 1024 * 1024
+    replay_bytes: int = 128 * 1024 * 1024
     jwt_secret: str = ""
     jwt_public_key: str = ""
     jwt_audience: str = ""

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, scoped_session
 
 from . import deadline, metrics, migrate
 from .auth import TokenAuth
+from .budget import ReplayBudget
 from .config import Settings, key_of, unknown_names
 from .database import Timeouts, backend_of, classify, make_engine
 from .errors import ConfigError, IdempotencyConflict, OutOfSpace, QueryTooLong, StatementTimeout
@@ -88,6 +89,7 @@ class _State:
             buffer_bytes=settings.subscriber_buffer_bytes,
             page_bytes=settings.page_bytes,
         )
+        self.replays = ReplayBudget(settings.replay_bytes)
         self.writer = Writer(self.engine, self.notifier.announce, max_bytes=settings.max_request_bytes)
         self.published = 0  # the highest id this process's publishes got
         if backend_of(self.engine).timelines:
@@ -367,6 +369,7 @@ class EventLog:
             client_gone=client_gone,
             expires_at=expires_at,
             on_end=on_end,
+            budget=state.replays,
         )
 
     def replica_states(self) -> dict[str, ReplicaState]:

@@ -16,10 +16,16 @@ ring or poll, an event that cannot be framed is skipped (``frames.py``), and any
 is logged and the page handed to every subscriber's own catch-up from SQL; the thread never
 ends and never retries one page forever.
 
-Under load the hub fans out at most once per ``fanout_seconds``: what arrives in between
-goes to each subscriber in one write. Every write to a socket costs about the same whatever it
-carries, so this divides the CPU of a busy stream by the events per write. An event after a
-quiet spell (none fanned out for that long) goes out at once.
+The fan-out adapts to load. After each delivery round (the pushes, and the writes of the
+readers they woke) the hub waits as long as that round took before the next one, but never
+begins a round more than ``fanout_seconds`` after the previous one began: what arrives
+meanwhile goes to each subscriber in one write. Every write to a
+socket costs about the same whatever it carries, so a busy hub divides its CPU by the events
+per write and spends at most about half its time delivering, while an idle one (a cheap round,
+or a quiet spell longer than the last round) sends each event at once.
+
+Without subscribers the hub reads no events: a doorbell moves its cursor to the id it announces
+(committed, so a later subscriber's replay finds those events in SQL), and a poll to the head.
 
 Heartbeats come from the hub too: every ``heartbeat_seconds`` one tick wakes the subscribers
 that received nothing since the tick before. A stream then waits on its buffer without a
@@ -161,7 +167,8 @@ class Hub:
         self._notifier = notifier
         self._poll_seconds = poll_seconds
         self._fanout_seconds = fanout_seconds
-        self._fanned_out_at = 0.0  # time.monotonic() when the last fan-out began
+        self._calm_at = 0.0  # time.monotonic() before which the next fan-out waits (busy)
+        self._announced = 0  # the highest id a doorbell announced
         self._heartbeat_seconds = heartbeat_seconds
         self._buffer = buffer
         self._buffer_bytes = buffer_bytes
@@ -270,6 +277,8 @@ class Hub:
     def ring(self, last_id: int | None) -> None:
         """A doorbell: ids up to ``last_id`` (None: unknown) may be waiting in SQL."""
         if last_id is None or last_id > self._cursor:
+            if last_id is not None and last_id > self._announced:
+                self._announced = last_id
             self._rung.set()
 
     def start(self) -> None:
@@ -303,13 +312,13 @@ class Hub:
         while not self._stop.is_set():
             # False: the poll timeout woke us, so whatever the read finds, nobody announced.
             rung = self._rung.wait(self._poll_seconds)
-            pause = self._fanned_out_at + self._fanout_seconds - time.monotonic()
+            pause = self._calm_at - time.monotonic()
             if pause > 0:
                 self._stop.wait(pause)  # rings meanwhile are served by the read that follows
             rung = rung or self._rung.is_set()
             self._rung.clear()
             try:
-                found = self._catch_up()
+                found = self._catch_up(rung)
                 if found and not rung:
                     self._metrics.polled.inc(found)
             except SQLAlchemyError as error:
@@ -341,27 +350,53 @@ class Hub:
             subscription.expire()
         return following
 
-    def _catch_up(self) -> int:
+    def _catch_up(self, rung: bool) -> int:
         """Read everything after the cursor, page by page, and fan it out; how many ids it
-        moved past."""
+        moved past. ``rung``: a doorbell woke the hub, not its poll."""
         start = self._cursor
+        if self._skip_unread(rung):
+            return self._cursor - start
+        began = time.monotonic()
+        delivering = 0.0  # seconds spent pushing, and letting the woken readers write
         where = EventFilter(after=start)
         for page in pages(self._engine, where, size=self._page_size, max_bytes=self._page_bytes):
-            self._fanned_out_at = time.monotonic()
+            pushing = time.monotonic()
             events = page.events
             try:
                 self._fan_out(events)
             except Exception:  # a bug must not stop delivery, nor retry the same page forever
                 log.exception("hub failed to fan out events %d-%d", events[0].id, events[-1].id)
                 self._skip(events[-1].id)
+            # Under gevent the readers woken above write in the order they were woken, and
+            # this sleep resumes after them: the round's cost includes their writes.
+            time.sleep(0)
+            delivering += time.monotonic() - pushing
             if self._stop.is_set():
                 break
+        # The next round begins no sooner than the deliveries of this one took again, and
+        # never waits to begin more than fanout_seconds after this one began.
+        self._calm_at = began + min(2 * delivering, self._fanout_seconds)
         return self._cursor - start
 
     def resync(self) -> None:
         """Send every subscriber back to SQL from its own cursor, as after an overflow (a
         failover lost events it may have seen: ``timelines.py``)."""
         self._skip(self._cursor)
+    def _skip_unread(self, rung: bool) -> bool:
+        """Without subscribers, move the cursor to the announced id without reading the events
+        (on a poll, to the head, so what came without a doorbell is still found and counted);
+        whether there was nobody to read for."""
+        with self._lock:
+            if self._everything or self._by_stream:
+                return False
+            # Under the lock that registration takes: a subscriber positioned after this
+            # replays these committed events from SQL; one before it is not possible.
+            newest = self._announced
+            if not rung:
+                with self._engine.connect() as conn:
+                    newest = max(newest, head(conn))
+            self._cursor = max(self._cursor, newest)
+            return True
 
     def _skip(self, last_id: int) -> None:
         """Move past a page that could not be fanned out: every subscriber catches up on it

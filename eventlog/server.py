@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.monkey import MonkeyPatchWarning
-from gunicorn import util
+from gunicorn import glogging, util
 from gunicorn.app.base import BaseApplication
 from gunicorn.http.errors import ParseException
 from gunicorn.workers.ggevent import GeventWorker
@@ -106,6 +106,18 @@ class Worker(GeventWorker):  # type: ignore[misc]
             util.write_nonblock(client, (head + body).encode())
         except OSError:
             self.log.debug("Failed to send error message.")
+
+
+class Logger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's logger without gunicorn's access log: eventlog writes its own (logs.py).
+
+    With ``logconfig_dict`` set, gunicorn builds every request's access line and then drops
+    it (its ``gunicorn.access`` logger has no handler), at a cost that showed in every
+    publish's profile (bench/README.md).
+    """
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        return None
 
 
 class _Written:
@@ -211,6 +223,7 @@ def _server(
             "bind": f"{host}:{port}",
             "workers": workers,
             "worker_class": f"{__name__}.Worker",
+            "logger_class": f"{__name__}.Logger",
             "worker_connections": connections,
             # SSE connections never finish by themselves: don't wait long for them on shutdown.
             "graceful_timeout": 5,

@@ -32,6 +32,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import frames, metrics, sse
+from .budget import ReplayBudget
 from .events import RESET_TYPE, EventFilter
 from .hub import Hub, Subscription
 from .replicas import Replicas
@@ -62,6 +63,7 @@ def event_stream(
     client_gone: Callable[[], bool] | None = None,
     expires_at: float | None = None,
     on_end: Callable[[int], None] | None = None,
+    budget: ReplayBudget | None = None,
 ) -> Iterator[bytes]:
     """Yield SSE bytes for events of ``streams`` (names or patterns, ``events.matches``;
     all if empty) with id > ``resume_after``.
@@ -81,6 +83,7 @@ def event_stream(
     ``on_end`` is called with the number of events sent when the stream ends (the access log).
     ``reads``: replays read from a replica that has reached the hub's cursor (else the
     primary); the head that decides a reset is always read from ``engine``, the primary.
+    ``budget``: the worker's bound on all its replays together (none: this stream's alone).
     """
     subscription: Subscription | None = None
     reader: _Reader | None = None
@@ -99,7 +102,7 @@ def event_stream(
 
         reader = _Reader(
             engine, replay_source, subscription, tuple(subscription.streams), page_size, page_bytes,
-            client_gone,
+            client_gone, budget or ReplayBudget(2 * page_bytes),
         )
         reset = reader.start(resume_after)
         # The first bytes go out at once, so headers flush; by now the subscriber is
@@ -136,9 +139,11 @@ class _Reader:
         page_size: int,
         page_bytes: int,
         client_gone: Callable[[], bool] | None,
+        budget: ReplayBudget,
     ) -> None:
         self._engine = engine
         self._replay_source = replay_source
+        self._budget = budget
         self._subscription = subscription
         self._streams = streams
         self._page_size = page_size
@@ -200,22 +205,38 @@ class _Reader:
 
     def replay(self) -> Iterator[bytes]:
         """Everything after the cursor that is in SQL, page by page, each after a ``reset``
-        if events past the cursor were pruned meanwhile."""
+        if events past the cursor were pruned meanwhile.
+
+        Each page holds room in the worker's budget from before it is read until it is
+        written, and is read and encoded in one of the worker's few turns (``budget.py``).
+        """
         where = EventFilter(streams=self._streams, after=self.cursor)
-        for page in pages(
-            self._replay_source(), where, size=self._page_size, max_bytes=self._page_bytes, with_pruned=True
-        ):
-            if self._subscription.expired:
-                self.ended = True
-                return
-            reset = self._pruned_reset(page)
-            if reset is not None:
-                yield reset
-            if page.events:
-                encoded = frames.encode(page.events, envelope=self._subscription.envelope)
-                self._metrics.replayed.inc(len(encoded))
-                yield from self.send([f for _, f in encoded], last_id=page.events[-1].id)
-                self.report()
+        # The pager holds no connection between pages: nothing to close if this ends early.
+        pager = pages(
+            self._replay_source(), where, size=self._page_size, max_bytes=self._page_bytes,
+            with_pruned=True,
+        )
+        while True:
+            # A page's rows, then its frames: at most twice its bytes at any moment.
+            with self._budget.reserve(2 * self._page_bytes) as held:
+                with self._budget.turn():
+                    page = next(pager, None)
+                    if page is None:
+                        return
+                    batch = [
+                        f for _, f in frames.encode(page.events, envelope=self._subscription.envelope)
+                    ]
+                held.resize(2 * sum(len(f.wire) for f in batch))
+                if self._subscription.expired:
+                    self.ended = True
+                    return
+                reset = self._pruned_reset(page)
+                if reset is not None:
+                    yield reset
+                if page.events:
+                    self._metrics.replayed.inc(len(batch))
+                    yield from self.send(batch, last_id=page.events[-1].id, paced=True)
+                    self.report()
 
     def live(self) -> Iterator[bytes]:
         """Live events from the buffer, and heartbeats, until an overflow or the client leaves."""
@@ -244,9 +265,18 @@ class _Reader:
                     self.report()
                     self._report_at = time.monotonic() + REPORT_SECONDS
 
-    def send(self, batch: list[Frame], *, last_id: int) -> Iterator[bytes]:
-        """Write ``batch`` and move the cursor to ``last_id`` (skipped events included)."""
-        yield from frames.chunks(batch)
+    def send(self, batch: list[Frame], *, last_id: int, paced: bool = False) -> Iterator[bytes]:
+        """Write ``batch`` and move the cursor to ``last_id`` (skipped events included);
+        ``paced``: let the worker's other connections in after each write."""
+        if not paced:
+            yield from frames.chunks(batch)
+        else:
+            for chunk in frames.chunks(batch):
+                # In pieces of at most CHUNK_BYTES (a large frame too), and after each one the
+                # worker's other greenlets run: a catch-up takes turns with everyone else.
+                for start in range(0, len(chunk), frames.CHUNK_BYTES):
+                    yield chunk if len(chunk) <= frames.CHUNK_BYTES else chunk[start : start + frames.CHUNK_BYTES]
+                    time.sleep(0)
         self.cursor = last_id
         self.sent += len(batch)
         self._unreported += len(batch)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -65,32 +65,113 @@ def test_handover_has_no_gap_and_no_duplicate(eventlog: EventLog) -> None:
         assert [int(m.id) for m in messages] == list(range(resume + 1, before + count + 1)), f"run {run}"
 
 
-class RacingHub(Hub):
-    """A real hub, with an event committed and fanned out just before each subscriber
+class SlowDeliveryHub(Hub):
+    """A real hub whose every delivery round takes ``delivery`` seconds, as a round of writes
+    to thousands of readers does: the next round coalesces what arrived meanwhile."""
+
+    delivery = 0.4
+
+    def _fan_out(self, events: list[Any]) -> None:
+        super()._fan_out(events)
+        time.sleep(self.delivery)
+
+
+# Every way the hub may fan out must keep the same contract; each strategy is a hub built on
+# the eventlog's engine and notifier.
+STRATEGIES: dict[str, Callable[[EventLog], Hub]] = {
+    "default": lambda e: Hub(e.engine, e.notifier, poll_seconds=0.05, heartbeat_seconds=0.2),
+    "each-event-alone": lambda e: Hub(
+        e.engine, e.notifier, poll_seconds=0.05, heartbeat_seconds=0.2, fanout_seconds=0
+    ),
+    "busy-coalescing": lambda e: SlowDeliveryHub(
+        e.engine, e.notifier, poll_seconds=0.05, heartbeat_seconds=0.2, fanout_seconds=0.05
+    ),
+    "one-event-pages": lambda e: Hub(
+        e.engine, e.notifier, poll_seconds=0.05, heartbeat_seconds=0.2, page_size=1
+    ),
+}
+
+
+class Racing:
+    """Wraps a hub so that an event is committed and fanned out just before each subscriber
     registers: the moment where a naive handover (replay, then subscribe) loses it."""
 
-    def __init__(self, eventlog: EventLog) -> None:
-        super().__init__(eventlog.engine, eventlog.notifier, poll_seconds=0.05, heartbeat_seconds=0.2)
-        self.eventlog = eventlog
+    def __init__(self, eventlog: EventLog, hub: Hub) -> None:
+        self.eventlog, self.hub = eventlog, hub
 
     def subscribe(
         self, streams: Iterable[str] = (), *, envelope: bool = False, expires_at: float | None = None
     ) -> Subscription:
-        self.start()
+        self.hub.start()
         racing = self.eventlog.publish("a", "racing")
-        wait_until(lambda: self.cursor >= racing.id)
-        return super().subscribe(streams, envelope=envelope, expires_at=expires_at)
+        wait_until(lambda: self.hub.cursor >= racing.id)
+        return self.hub.subscribe(streams, envelope=envelope, expires_at=expires_at)
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self.hub.unsubscribe(subscription)
 
 
-def test_event_committed_while_subscribing_is_not_lost(eventlog: EventLog) -> None:
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_fan_out_contract(eventlog: EventLog, strategy: str) -> None:
+    """What every fan-out strategy must keep: an event committed while a subscriber registers
+    is not lost; concurrent publishers' events reach each subscriber exactly once, in id
+    order, and only those of its streams; a subscriber registered later gets only what follows."""
     for i in range(3):
         eventlog.publish("a", i)
-    hub = RacingHub(eventlog)
-    stream = event_stream(eventlog.engine, hub, [], 1, retry_ms=100, page_size=1)
+    hub = STRATEGIES[strategy](eventlog)
+    stream = event_stream(eventlog.engine, Racing(eventlog, hub), [], 1, retry_ms=100, page_size=1)  # type: ignore[arg-type]
     messages = read_until(stream, 4)
     stream.close()
-    hub.stop()
     assert [(m.id, m.data) for m in messages] == [("2", "1"), ("3", "2"), ("4", '"racing"')]
+
+    only_a = event_stream(eventlog.engine, hub, ["a"], None, retry_ms=100)
+    everything = event_stream(eventlog.engine, hub, [], None, retry_ms=100, envelope=True)
+    next(only_a), next(everything)
+    publishers = [
+        threading.Thread(target=publish_many, args=(eventlog, 60, random.Random(n), ["a", "b"]))
+        for n in range(3)
+    ]
+    for publisher in publishers:
+        publisher.start()
+    for publisher in publishers:
+        publisher.join()
+    with eventlog.engine.connect() as conn:
+        last = head(conn)
+        from eventlog import EventFilter
+        from eventlog.store import read_page
+
+        wanted = [e.id for e in read_page(conn, EventFilter(streams=("a",), after=4), limit=1000).events]
+    assert [int(m.id) for m in read_until(everything, last)] == list(range(5, last + 1))
+    late = event_stream(eventlog.engine, hub, ["a"], None, retry_ms=100)
+    next(late)
+    newest = eventlog.publish("a", "late").id
+    assert [int(m.id) for m in read_until(only_a, newest)] == [*wanted, newest]
+    assert [int(m.id) for m in read_until(late, newest)] == [newest]
+    for stream in (only_a, everything, late):
+        stream.close()
+    hub.stop()
+
+
+def test_hub_without_subscribers_moves_on_without_reading(eventlog: EventLog) -> None:
+    """With nobody subscribed, a doorbell moves the hub's cursor to the id it announces,
+    without reading those events; a subscriber that comes later still gets each exactly once."""
+    hub = Hub(eventlog.engine, eventlog.notifier, poll_seconds=5, heartbeat_seconds=0.2)
+    hub.start()
+    reads: list[int] = []
+    original = hub._fan_out
+    hub._fan_out = lambda events: (reads.append(len(events)), original(events))  # type: ignore[method-assign]
+    ids = [eventlog.publish("a", i).id for i in range(3)]
+    wait_until(lambda: hub.cursor == ids[-1])
+    assert reads == []
+    resumed = event_stream(eventlog.engine, hub, [], ids[0], retry_ms=100)
+    live = event_stream(eventlog.engine, hub, [], None, retry_ms=100)
+    next(resumed), next(live)
+    ids.append(eventlog.publish("a", 3).id)
+    assert [int(m.id) for m in read_until(resumed, ids[-1])] == ids[1:]
+    assert [int(m.id) for m in read_until(live, ids[-1])] == ids[-1:]
+    resumed.close()
+    live.close()
+    hub.stop()
 
 
 def test_stream_filter_delivers_only_its_streams_in_order(eventlog: EventLog) -> None:
@@ -186,12 +267,8 @@ def test_payload_with_line_separators_arrives_intact(eventlog: EventLog, payload
     stream.close()
 
 
-def test_busy_hub_fans_out_at_most_once_per_interval(eventlog: EventLog) -> None:
-    """Events arriving within ``fanout_seconds`` of a fan-out reach a subscriber together, in
-    one push (one write); an event after a quiet spell goes out at once."""
-    hub = Hub(eventlog.engine, eventlog.notifier, poll_seconds=5, fanout_seconds=1.0)
-    subscription = hub.subscribe()
-    pushes: list[tuple[float, list[int]]] = []  # when each take returned, and its ids
+def pushes_of(subscription: Subscription, pushes: list[tuple[float, list[int]]]) -> threading.Thread:
+    """A reader that records when each take returned, and its ids, until a bare tick."""
 
     def read() -> None:
         while not pushes or pushes[-1][1] != [-1]:
@@ -200,25 +277,42 @@ def test_busy_hub_fans_out_at_most_once_per_interval(eventlog: EventLog) -> None
 
     reader = threading.Thread(target=read)
     reader.start()
+    return reader
+
+
+@pytest.mark.parametrize("delivery", [0.0, 0.4])
+def test_hub_coalesces_only_while_busy(eventlog: EventLog, delivery: float) -> None:
+    """After a delivery round the hub waits as long as the round took (beginning the next no
+    later than ``fanout_seconds`` after this one began), and the events of that wait reach a
+    subscriber in one push; an idle hub, whose rounds cost nothing, pushes each at once."""
+    hub = SlowDeliveryHub(eventlog.engine, eventlog.notifier, poll_seconds=5, fanout_seconds=1.0)
+    hub.delivery = delivery
+    subscription = hub.subscribe()
+    pushes: list[tuple[float, list[int]]] = []
+    reader = pushes_of(subscription, pushes)
     first = eventlog.publish("a", 0).id
     wait_until(lambda: len(pushes) == 1)
     ids = []
     for i in range(1, 6):
         ids.append(eventlog.publish("a", i).id)
-        time.sleep(0.02)  # each is announced on its own; without the interval, each is pushed alone
-    wait_until(lambda: len(pushes) >= 2)
-    time.sleep(1.2)  # quiet for longer than the interval
+        wait_until(lambda: delivery or pushes[-1][1] == ids[-1:])  # idle: each alone, at once
+    wait_until(lambda: [i for _, taken in pushes for i in taken] == [first, *ids])
+    time.sleep(2 * delivery + 0.1)  # quiet for longer than the last round
     published = time.monotonic()
     last = eventlog.publish("a", 6).id
-    wait_until(lambda: len(pushes) >= 3)
+    wait_until(lambda: pushes[-1][1] == [last])
     subscription.tick()  # ends the reader: a tick with nothing pushed since reads as []
     subscription.tick()
     reader.join(timeout=5)
     hub.unsubscribe(subscription)
     hub.stop()
-    assert [taken for _, taken in pushes] == [[first], ids, [last], [-1]]
-    assert pushes[1][0] - pushes[0][0] >= 0.9
-    assert pushes[2][0] - published < 0.8
+    taken = [ids_ for _, ids_ in pushes]
+    if delivery:
+        assert taken == [[first], ids, [last], [-1]]  # the five waited for the busy round
+        assert pushes[1][0] - pushes[0][0] >= delivery
+    else:
+        assert taken == [[first], *([i] for i in ids), [last], [-1]]
+    assert pushes[2 if delivery else 6][0] - published < 0.3
 
 
 def take_until(subscription: Subscription, last_id: int, timeout: float = 10) -> list[int]:
