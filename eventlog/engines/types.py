@@ -42,12 +42,21 @@ class Name(TypeDecorator[str]):
         return dialect.type_descriptor(String(self.length))
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> Any:
-        if value is not None and dialect.name in MYSQL:
-            return value.encode()
-        return value
+        return None if value is None else value.encode()
 
     def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
         return value.decode() if isinstance(value, bytes) else value
+
+    # Elsewhere the text goes as it is: no call per value (replays read millions of names).
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.name in MYSQL:
+            return super().bind_processor(dialect)
+        return self.impl_instance.bind_processor(dialect)
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        if dialect.name in MYSQL:
+            return super().result_processor(dialect, coltype)
+        return self.impl_instance.result_processor(dialect, coltype)
 
 
 Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -73,6 +82,11 @@ class Time(TypeDecorator[datetime]):
         return dialect.type_descriptor(DateTime(timezone=True))
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
-        if value is not None and value.tzinfo is not None and dialect.name in MYSQL:
+        if value is not None and value.tzinfo is not None:
             return value.astimezone(UTC).replace(tzinfo=None)
         return value
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.name in MYSQL:
+            return super().bind_processor(dialect)
+        return self.impl_instance.bind_processor(dialect)
