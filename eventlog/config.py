@@ -147,7 +147,7 @@ KEYS = tuple(key_of(field.name) for field in dataclasses.fields(Settings))
 COMMAND_KEYS = (
     "EVENTLOG_HOST", "EVENTLOG_PORT", "EVENTLOG_WORKERS", "EVENTLOG_WORKER_CONNECTIONS",
     "EVENTLOG_INSECURE", "EVENTLOG_LOG_LEVEL", "EVENTLOG_ACCESS_LOG", "EVENTLOG_LOG_FORMAT",
-    "EVENTLOG_TOKEN",
+    "EVENTLOG_TOKEN", "EVENTLOG_URL",
 )
 """The environment variables the command line reads for its options (cli.py), beside KEYS."""
 TEST_PREFIX = "EVENTLOG_TEST_"
