@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import fresh_postgres_database
-from sqlalchemy import Engine, event, insert, select, text, update
+from sqlalchemy import Engine, MetaData, event, insert, select, text, update
 
 from eventlog import EventFilter, NewEvent, StoredEvent
 from eventlog.events import utc
@@ -125,9 +125,11 @@ def test_upgrade_orders_the_times_already_stored(engine_at_0003: Engine) -> None
         {"id": n, "stream": "s", "type": "t", "data": str(n), "time": start + timedelta(seconds=s)}
         for n, s in enumerate(offsets, start=1)
     ]
+    # The tables as 0003 named them (0005 renamed them).
+    old_events = Event.__table__.to_metadata(MetaData(), name="events")
     with engine_at_0003.begin() as conn:
-        conn.execute(insert(Event.__table__), rows)
-        conn.execute(text("UPDATE eventlog_counter SET last_id = 6"))
+        conn.execute(insert(old_events), rows)
+        conn.execute(text("UPDATE event_counter SET last_id = 6"))
 
     upgrade(engine_at_0003)
 
@@ -180,7 +182,7 @@ def filled_postgres() -> Iterator[Engine]:
                 {"rows": ROWS},
             )
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("VACUUM ANALYZE events"))
+            conn.execute(text("VACUUM ANALYZE eventlog_events"))
         yield engine
 
 
