@@ -100,20 +100,26 @@ class NewEvent:
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
-    """An event as the log holds it; ``data`` is its JSON text."""
+    """An event as the log holds it: ``data`` is its value, ``data_json`` its JSON text as
+    stored and sent out (what the server's own paths use, never parsing it)."""
 
     id: int
     stream: str
     type: str
-    data: str
+    data_json: str
     time: datetime
+
+    @property
+    def data(self) -> Any:
+        """The event's data as a Python value (parsed from ``data_json`` at each call)."""
+        return json.loads(self.data_json)
 
     def to_json(self) -> str:
         """The event as a JSON object, with ``data`` spliced in as stored (no re-encoding)."""
         # stream and type are checked against [A-Za-z0-9._:-] on the way in: nothing to escape.
         return (
             f'{{"id":{self.id},"stream":"{self.stream}","type":"{self.type}",'
-            f'"data":{self.data},"time":"{rfc3339(self.time)}"}}'
+            f'"data":{self.data_json},"time":"{rfc3339(self.time)}"}}'
         )
 
 

@@ -31,7 +31,7 @@ def encode(events: Iterable[StoredEvent], *, envelope: bool) -> list[tuple[Store
         if not (NAME.fullmatch(event.stream) and NAME.fullmatch(event.type)):
             log.error("event %d has a stream or type name that SSE cannot carry; skipped", event.id)
             continue
-        data = event.to_json() if envelope else event.data
+        data = event.to_json() if envelope else event.data_json
         encoded.append((event, sse.frame(event.id, event.type, data, event.time.timestamp())))
     return encoded
 

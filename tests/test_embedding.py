@@ -390,3 +390,12 @@ def test_the_readme_embedding_example_runs_as_written(tmp_path: Path, monkeypatc
             shop.db.engine.dispose()
         shop.events.close()
         sys.modules.pop("shop", None)
+
+
+def test_a_stored_event_holds_its_data_as_the_value(eventlog: EventLog) -> None:
+    """What a Python caller gets back is the value it published; the JSON text is there too."""
+    stored = eventlog.publish("orders", {"order": 7, "items": ["kettle"]}, type="created")
+    assert stored.data == {"order": 7, "items": ["kettle"]}
+    assert stored.data_json == '{"order":7,"items":["kettle"]}'
+    [read] = eventlog.events(EventFilter(streams=("orders",)))
+    assert (read.data, read.data_json) == (stored.data, stored.data_json)

@@ -123,7 +123,7 @@ def test_append_joins_the_callers_orm_session(engine: Engine) -> None:
         stored = append(session, events(2, "orders")).events
     assert [e.id for e in stored] == [1, 2]
     with engine.connect() as conn:
-        assert [e.data for e in query(conn, EventFilter(streams=("orders",)), limit=10)] == ["0", "1"]
+        assert [e.data_json for e in query(conn, EventFilter(streams=("orders",)), limit=10)] == ["0", "1"]
 
 
 def test_idempotency_key_returns_first_result_and_stores_nothing_new(engine: Engine) -> None:
@@ -174,5 +174,5 @@ def test_stored_data_comes_back_byte_for_byte(engine: Engine) -> None:
         stored = append(conn, batch).events
     with engine.connect() as conn:
         read = query(conn, EventFilter(), limit=10)
-    assert [e.data for e in read] == [e.data for e in stored] == [e.data for e in batch]
-    assert [json.loads(e.data) for e in read] == values
+    assert [e.data_json for e in read] == [e.data_json for e in stored] == [e.data for e in batch]
+    assert [e.data for e in read] == values

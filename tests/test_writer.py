@@ -44,13 +44,13 @@ def test_concurrent_publishes_share_transactions_and_keep_their_ids(eventlog: Ev
     event.remove(eventlog.engine, "commit", count_commit)
 
     with eventlog.engine.connect() as conn:
-        stored = {e.id: e.data for e in read_page(conn, EventFilter(), limit=10_000).events}
+        stored = {e.id: e.data_json for e in read_page(conn, EventFilter(), limit=10_000).events}
     total = sum(len(r.events) for r in results)
     assert sorted(stored) == list(range(1, total + 1))
     for result in results:
         ids = [e.id for e in result.events]
         assert ids == list(range(ids[0], ids[0] + len(ids)))  # each publish: consecutive ids
-        assert [stored[e.id] for e in result.events] == [e.data for e in result.events]
+        assert [stored[e.id] for e in result.events] == [e.data_json for e in result.events]
     assert commits < threads * rounds  # some publishes did share a transaction
 
 
