@@ -28,13 +28,26 @@ def server(start_server: Callable[..., Server], postgres_url: str, redis_url: st
     return start_server(postgres_url, redis_url, REDIS_CHANNEL=redis_channel, RETRY_MS=100)
 
 
+@pytest.fixture(autouse=True)
+def no_tail_outlives_its_test() -> Iterator[None]:
+    yield
+    while Tail.running:
+        tail = Tail.running.pop()
+        if tail.process.poll() is None:  # a test that failed before its Ctrl-C
+            tail.process.kill()
+            tail.close()
+
+
 class Tail:
     """``eventlog tail ...`` in a subprocess, its output lines collected as they come."""
+
+    running: list[Tail] = []
 
     def __init__(self, *args: str) -> None:
         self.process = subprocess.Popen(
             [str(EVENTLOG_BIN), "tail", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
+        Tail.running.append(self)
         self._lines: queue.Queue[str] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -50,16 +63,21 @@ class Tail:
     def interrupt(self) -> tuple[int, list[str], str]:
         """Ctrl-C: the exit status, the lines not yet taken, and stderr."""
         self.process.send_signal(signal.SIGINT)
-        status = self.process.wait(TIMEOUT)
-        self._reader.join(TIMEOUT)
+        status, errors = self.close()
         rest = []
         while not self._lines.empty():
             rest.append(self._lines.get())
+        return status, rest, errors
+
+    def close(self) -> tuple[int, str]:
+        """Wait for the process to end; its exit status and stderr."""
+        status = self.process.wait(TIMEOUT)
+        self._reader.join(TIMEOUT)
         assert self.process.stdout is not None and self.process.stderr is not None
         errors = self.process.stderr.read()
         self.process.stdout.close()
         self.process.stderr.close()
-        return status, rest, errors
+        return status, errors
 
 
 def ids(lines: list[str]) -> list[int]:
