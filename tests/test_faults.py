@@ -46,9 +46,10 @@ CRASH_DOWNTIME = 1.0
 CUT_REFUSING = 2.0
 BLACK_HOLE = 7.0  # longer than LONGEST_ANSWER: a wait the timeouts do not end shows
 # The longest any publish may wait for its answer, whatever the fault: the reply timeout
-# bounds its database work in all (queue, connect, every answer), plus room for a machine
+# bounds its database work in all (queue, connect, every answer); a wait for a free pooled
+# connection, while stuck replays hold them all, comes on top; plus room for a machine
 # shared with other work.
-LONGEST_ANSWER = TIMEOUTS["REPLY_TIMEOUT_SECONDS"] + 1.5
+LONGEST_ANSWER = TIMEOUTS["REPLY_TIMEOUT_SECONDS"] + TIMEOUTS["POOL_TIMEOUT_SECONDS"] + 1.5
 REDIS_DOWN = {"status": "degraded", "database": "ok", "redis": "unreachable"}
 
 
