@@ -42,7 +42,8 @@ class Name(TypeDecorator[str]):
         return dialect.type_descriptor(String(self.length))
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> Any:
-        return None if value is None else value.encode()
+        # Also how a literal is rendered (``literal_binds``): bytes on MySQL only.
+        return value.encode() if value is not None and dialect.name in MYSQL else value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
         return value.decode() if isinstance(value, bytes) else value
