@@ -68,7 +68,7 @@ def test_a_full_disk_is_a_507_and_readyz_says_so_until_space_is_freed(
         assert client.get("/readyz").json()["status"] == "ready"
         answers = []
         for number in range(100):  # 4 MiB fill up long before
-            response = client.post(f"/streams/s/events", json=batch(number, rng))
+            response = client.post("/streams/s/events", json=batch(number, rng))
             answers.append(response.status_code)
             if response.status_code != 201:
                 break

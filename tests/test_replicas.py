@@ -21,7 +21,6 @@ import pytest
 from flask import Flask
 from helpers import wait_until
 from replication import Cluster, Node, available
-from sqlalchemy import text
 
 from eventlog import EventLog, create_app, metrics
 from eventlog.config import Settings
