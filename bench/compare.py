@@ -55,6 +55,10 @@ def revision_tree(revision: str) -> Iterator[Path]:
         tree = Path(parent) / "tree"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(tree),
                         revision], check=True)
+        # The package maps eventlog.migrations to the top-level migrations/ (pyproject.toml);
+        # imported through PYTHONPATH, the revision's package must find its own there, not
+        # this checkout's, which the editable install would supply.
+        (tree / "eventlog" / "migrations").symlink_to("../migrations")
         try:
             yield tree
         finally:
