@@ -259,7 +259,7 @@ class _Reader:
             if fresh:
                 sample = time.monotonic() >= self._report_at
                 if sample:
-                    self._metrics.delivery_lag.observe(time.time() - fresh[0].time)
+                    self._metrics.delivery_lag.observe(time.time() - fresh[0].time.timestamp())
                 yield from self.send(fresh, last_id=fresh[-1].id)
                 if sample:
                     self.report()
