@@ -90,7 +90,7 @@ class _State:
             page_bytes=settings.page_bytes,
         )
         self.replays = ReplayBudget(settings.replay_bytes)
-        self.writer = Writer(self.engine, self.notifier.announce, max_bytes=settings.max_request_bytes)
+        self.writer = Writer(self.engine, self._committed, max_bytes=settings.max_request_bytes)
         self.published = 0  # the highest id this process's publishes got
         if backend_of(self.engine).timelines:
             Timelines(
@@ -106,6 +106,12 @@ class _State:
         # time), until one succeeds: what readiness reports.
         self.out_of_space_at: float | None = None
         self.replicas.start()
+
+    def _committed(self, events: list[StoredEvent]) -> None:
+        """The writer's transaction stored ``events``: this process's hub takes them as they
+        are (``Hub.offer``), then every process hears the doorbell."""
+        self.hub.offer(events)
+        self.notifier.announce(events[0].id, events[-1].id)
 
     def deadline(self) -> contextlib.AbstractContextManager[float | None]:
         """The bound of one request's database work: EVENTLOG_REPLY_TIMEOUT_SECONDS in all,

@@ -24,6 +24,11 @@ socket costs about the same whatever it carries, so a busy hub divides its CPU b
 per write and spends at most about half its time delivering, while an idle one (a cheap round,
 or a quiet spell longer than the last round) sends each event at once.
 
+Events this process's writer committed come to its hub as they are (``offer``), before their
+doorbell: when they follow the cursor, the hub fans them out without reading them back, and
+reads SQL only when a doorbell announces more than it was handed (another process's events,
+or an application transaction's), on a doorbell that does not know, and on every poll.
+
 Without subscribers the hub reads no events: a doorbell moves its cursor to the id it announces
 (committed, so a later subscriber's replay finds those events in SQL), and a poll to the head.
 
@@ -188,6 +193,11 @@ class Hub:
         self._deadline_heap: list[tuple[float, int, Subscription]] = []
         self._beat_wake = threading.Event()
         self._cursor = 0
+        # Events this process committed, handed over by its writer (``offer``), not yet fanned
+        # out; and whether a doorbell said "unknown", which only a read from SQL answers.
+        self._offered: list[list[StoredEvent]] = []
+        self._offered_count = 0
+        self._unknown = False
         self._rung = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -277,9 +287,27 @@ class Hub:
     def ring(self, last_id: int | None) -> None:
         """A doorbell: ids up to ``last_id`` (None: unknown) may be waiting in SQL."""
         if last_id is None or last_id > self._cursor:
-            if last_id is not None and last_id > self._announced:
+            if last_id is None:
+                self._unknown = True
+            elif last_id > self._announced:
                 self._announced = last_id
             self._rung.set()
+
+    def offer(self, events: list[StoredEvent]) -> None:
+        """Events this process has just committed (consecutive ids), before their doorbell.
+
+        When they follow the hub's cursor, the hub fans them out as they are, without
+        reading them back from SQL; otherwise (another process's or an application
+        transaction's events come between) it reads SQL as for any doorbell. Kept only
+        while someone subscribes, and up to a page of events: beyond that, SQL serves.
+        """
+        with self._lock:
+            if not (self._everything or self._by_stream):
+                return
+            if self._offered_count + len(events) > self._page_size:
+                return
+            self._offered.append(events)
+            self._offered_count += len(events)
 
     def start(self) -> None:
         """Start the hub's threads (greenlets under gevent) on first use; idempotent."""
@@ -355,28 +383,58 @@ class Hub:
         moved past. ``rung``: a doorbell woke the hub, not its poll."""
         start = self._cursor
         if self._skip_unread(rung):
+            self._take_offered()  # behind the cursor now
             return self._cursor - start
         began = time.monotonic()
-        delivering = 0.0  # seconds spent pushing, and letting the woken readers write
-        where = EventFilter(after=start)
-        for page in pages(self._engine, where, size=self._page_size, max_bytes=self._page_bytes):
-            pushing = time.monotonic()
-            events = page.events
-            try:
-                self._fan_out(events)
-            except Exception:  # a bug must not stop delivery, nor retry the same page forever
-                log.exception("hub failed to fan out events %d-%d", events[0].id, events[-1].id)
-                self._skip(events[-1].id)
-            # Under gevent the readers woken above write in the order they were woken, and
-            # this sleep resumes after them: the round's cost includes their writes.
-            time.sleep(0)
-            delivering += time.monotonic() - pushing
-            if self._stop.is_set():
-                break
+        # Seconds spent pushing, and letting the woken readers write.
+        delivering = self._deliver_offered()
+        # Read SQL unless the offered events were all a doorbell announced: a poll, a
+        # doorbell past them (another process, an application's transaction) or an unknown
+        # one may have more to find.
+        if not rung or self._unknown or self._announced > self._cursor:
+            self._unknown = False  # before the read: a later "unknown" gets a read of its own
+            where = EventFilter(after=self._cursor)
+            for page in pages(self._engine, where, size=self._page_size, max_bytes=self._page_bytes):
+                delivering += self._deliver(page.events)
+                if self._stop.is_set():
+                    break
         # The next round begins no sooner than the deliveries of this one took again, and
         # never waits to begin more than fanout_seconds after this one began.
         self._calm_at = began + min(2 * delivering, self._fanout_seconds)
         return self._cursor - start
+
+    def _take_offered(self) -> list[list[StoredEvent]]:
+        with self._lock:
+            offered, self._offered, self._offered_count = self._offered, [], 0
+        return offered
+
+    def _deliver_offered(self) -> float:
+        """Fan out the offered runs, each cut to what lies past the cursor, while they follow
+        it without a gap (SQL has what comes between); the seconds it took."""
+        took = 0.0
+        # Again after each delivery: the publishers it let run may have offered more.
+        while offered := self._take_offered():
+            for run in offered:
+                fresh = [e for e in run if e.id > self._cursor]
+                if not fresh:
+                    continue  # read from SQL already, by an earlier round
+                if fresh[0].id != self._cursor + 1:
+                    return took
+                took += self._deliver(fresh)
+        return took
+
+    def _deliver(self, events: list[StoredEvent]) -> float:
+        """Fan ``events`` out and let the woken readers write; the seconds it took."""
+        pushing = time.monotonic()
+        try:
+            self._fan_out(events)
+        except Exception:  # a bug must not stop delivery, nor retry the same page forever
+            log.exception("hub failed to fan out events %d-%d", events[0].id, events[-1].id)
+            self._skip(events[-1].id)
+        # Under gevent the readers woken above write in the order they were woken, and
+        # this sleep resumes after them: the round's cost includes their writes.
+        time.sleep(0)
+        return time.monotonic() - pushing
 
     def resync(self) -> None:
         """Send every subscriber back to SQL from its own cursor, as after an overflow (a

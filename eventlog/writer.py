@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine, exc
 
 from .database import WRITES
 from .errors import IdempotencyConflict
+from .events import StoredEvent
 from .store import Appended, Publish, append_all, needs_transaction
 
 MAX_EVENTS = 10_000  # per shared transaction, to keep the counter's lock hold short
@@ -44,9 +45,14 @@ class Writer:
     announces what each transaction stored once it has committed."""
 
     def __init__(
-        self, engine: Engine, announce: Callable[[int, int], None], *, max_bytes: int | None = None
+        self,
+        engine: Engine,
+        announce: Callable[[list[StoredEvent]], None],
+        *,
+        max_bytes: int | None = None,
     ) -> None:
-        """``max_bytes``: most event data per shared transaction (one publish may hold more):
+        """``announce`` gets the events each transaction stored, in id order, once it has
+        committed. ``max_bytes``: most event data per shared transaction (one publish may hold more):
         what one publish may send (EVENTLOG_MAX_REQUEST_BYTES) is what is known to store
         within the statement timeout, and concurrent large batches must not add up past it."""
         self._engine = engine.execution_options(**WRITES)
@@ -100,10 +106,10 @@ class Writer:
                 outcomes = self._append_autocommit(publishes)
             for ticket, outcome in zip(batch, outcomes, strict=True):
                 ticket.outcome = outcome
-            new = [o.events for o in outcomes if isinstance(o, Appended) and not o.replayed]
+            new = [e for o in outcomes if isinstance(o, Appended) and not o.replayed for e in o.events]
             if new:
                 # Only now, after the commit: a notification must never outrun its data.
-                self._announce(new[0][0].id, new[-1][-1].id)
+                self._announce(new)
         except BaseException as error:  # every caller in the batch learns what happened
             for ticket in batch:
                 ticket.error = error

@@ -91,7 +91,7 @@ def test_writer_replaces_its_connection_after_the_server_drops_it(postgres_url: 
     instead of failing on the dead one forever."""
     engine = make_engine(postgres_url)
     announced: list[tuple[int, int]] = []
-    writer = Writer(engine, lambda first, last: announced.append((first, last)))
+    writer = Writer(engine, lambda events: announced.append((events[0].id, events[-1].id)))
     assert writer.write(Publish(new_events("a", 1))).events[0].id == 1
     with engine.connect() as admin:
         ended = admin.execute(
@@ -116,7 +116,7 @@ def test_a_shared_transaction_holds_at_most_max_bytes_of_data(tmp_path: Path, ma
     large batches at once must not add up to a statement past the statement timeout."""
     engine = make_engine(sqlite_database(tmp_path))
     announced: list[tuple[int, int]] = []
-    writer = Writer(engine, lambda first, last: announced.append((first, last)), max_bytes=max_bytes)
+    writer = Writer(engine, lambda events: announced.append((events[0].id, events[-1].id)), max_bytes=max_bytes)
     big = [NewEvent("s", "t", '"' + "x" * 598 + '"')]  # 600 bytes: two exceed 1000
     with engine.execution_options(**WRITES).connect() as blocker:
         hold = blocker.begin()  # BEGIN IMMEDIATE: the first publish waits for SQLite's lock
