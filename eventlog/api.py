@@ -306,6 +306,9 @@ def _live(streams: list[str], rights: Rights, *, extra: set[str], envelope: bool
     # Without a charset parameter: some SSE clients compare the type exactly, and the
     # format is UTF-8 by definition.
     response = Response(body, content_type=EVENT_STREAM)
+    # The stream yields bytes: handed to the server as it is, with no wrappers of werkzeug's
+    # around it, each of which an idle stream would carry as long as it lives.
+    response.direct_passthrough = True
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     return response
