@@ -11,12 +11,11 @@ or the hub, and every reader's cursor still moves past it.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterable, Iterator
 
 from . import sse
-from .events import NAME, StoredEvent
+from .events import StoredEvent, is_name
 from .sse import Frame
 
 log = logging.getLogger(__name__)
@@ -29,19 +28,12 @@ def encode(events: Iterable[StoredEvent], *, envelope: bool) -> list[tuple[Store
     """Each event that can be sent, with its frame."""
     encoded = []
     for event in events:
-        if not (_sendable(event.stream) and _sendable(event.type)):
+        if not (is_name(event.stream) and is_name(event.type)):
             log.error("event %d has a stream or type name that SSE cannot carry; skipped", event.id)
             continue
         data = event.to_json() if envelope else event.data_json
         encoded.append((event, sse.frame(event.id, event.type, data, event.time)))
     return encoded
-
-
-@functools.lru_cache(maxsize=4096)
-def _sendable(name: str) -> bool:
-    # Cached: a replay or a fan-out checks the same few stream and type names again and
-    # again, and the lookup costs a fraction of the match.
-    return NAME.fullmatch(name) is not None
 
 
 def chunks(frames: Iterable[Frame]) -> Iterator[bytes]:
