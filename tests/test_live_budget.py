@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from helpers import wait_until
 from test_stream import read_until
 
-from eventlog import EventLog
+from eventlog import ConfigError, EventLog
+from eventlog.config import Settings
 from eventlog.hub import Hub, Subscription
 from eventlog.live_budget import LiveBudget
 from eventlog.notify import LocalNotifier
@@ -100,3 +102,10 @@ def test_a_reader_dropped_for_room_gets_every_event_once(eventlog: EventLog) -> 
     hub.stop()
     assert got == ids
     assert budget.held == 0
+
+
+def test_a_ceiling_below_one_buffer_is_refused() -> None:
+    """Limits that contradict each other stop the process at start, naming both."""
+    with pytest.raises(ConfigError, match="EVENTLOG_LIVE_BYTES .* EVENTLOG_SUBSCRIBER_BUFFER_BYTES"):
+        Settings.from_config({"EVENTLOG_LIVE_BYTES": MIB, "EVENTLOG_SUBSCRIBER_BUFFER_BYTES": 2 * MIB})
+    assert Settings.from_config({"EVENTLOG_LIVE_BYTES": MIB, "EVENTLOG_SUBSCRIBER_BUFFER_BYTES": MIB}).live_bytes == MIB
