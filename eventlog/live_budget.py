@@ -64,25 +64,30 @@ class LiveBudget:
     def hold(self, frames: Iterable[Frame]) -> None:
         """Count a reference to each of ``frames``; the caller holds the lock."""
         references = self._references
-        for frame in frames:
+        counted = references.get
+        added = 0
+        for frame in frames:  # per frame and reader, on every delivery: kept to a few lookups
             key = id(frame)
-            count = references.get(key, 0)
+            count = counted(key, 0)
             if not count:
-                self._held += len(frame.wire)
+                added += len(frame.wire)
             references[key] = count + 1
+        self._held += added
 
     def release(self, frames: Iterable[Frame]) -> None:
         """Forget one reference to each of ``frames``, which ``hold`` counted; the caller
         holds the lock."""
         references = self._references
+        freed = 0
         for frame in frames:
             key = id(frame)
-            count = references[key] - 1
-            if count:
-                references[key] = count
+            count = references[key]
+            if count > 1:
+                references[key] = count - 1
             else:
                 del references[key]
-                self._held -= len(frame.wire)
+                freed += len(frame.wire)
+        self._held -= freed
 
     def waiting(self, holder: Holder) -> None:
         """``holder``'s buffer has frames pending from now on (if it had none); the caller
