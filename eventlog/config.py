@@ -29,6 +29,7 @@ from sqlalchemy.exc import ArgumentError
 from .database import SUPPORTED, supported_url
 from .deadline import MIN_CONNECT_SECONDS
 from .errors import ConfigError
+from .live_budget import LIVE_BYTES
 
 PREFIX = "EVENTLOG_"
 MIN_SECRET_BYTES = 32  # HS256 with a shorter key is guessable offline (RFC 7518 §3.2)
@@ -66,6 +67,7 @@ class Settings:
     subscriber_buffer_bytes: int = 8 * 1024 * 1024
     page_bytes: int = 8 * 1024 * 1024
     replay_bytes: int = 128 * 1024 * 1024
+    live_bytes: int = LIVE_BYTES
     jwt_secret: str = ""
     jwt_public_key: str = ""
     jwt_audience: str = ""
@@ -112,6 +114,12 @@ class Settings:
         if not values["allowed_hosts"].strip(", "):
             raise ConfigError(f"{key_of('allowed_hosts')} is empty; name the hosts, or * for any")
         _check_reply_timeout(values)
+        if values["live_bytes"] < values["subscriber_buffer_bytes"]:
+            raise ConfigError(
+                f"{key_of('live_bytes')} ({values['live_bytes']}), what all of a worker's live"
+                f" buffers hold together, must be at least {key_of('subscriber_buffer_bytes')}"
+                f" ({values['subscriber_buffer_bytes']}), what one of them holds"
+            )
         return cls(**values)
 
     @property

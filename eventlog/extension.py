@@ -33,6 +33,7 @@ from .database import Timeouts, backend_of, classify, make_engine
 from .errors import ConfigError, IdempotencyConflict, OutOfSpace, QueryTooLong, StatementTimeout
 from .events import EventFilter, NewEvent, StoredEvent
 from .hub import Hub
+from .live_budget import LiveBudget
 from .notify import LocalNotifier, Notifier, RedisNotifier
 from .replicas import Replica, Replicas, ReplicaState
 from .retention import Policy, Pruner, count, prune
@@ -88,6 +89,7 @@ class _State:
             buffer=settings.subscriber_buffer,
             buffer_bytes=settings.subscriber_buffer_bytes,
             page_bytes=settings.page_bytes,
+            live=LiveBudget(settings.live_bytes),
         )
         self.replays = ReplayBudget(settings.replay_bytes)
         self.writer = Writer(self.engine, self._committed, max_bytes=settings.max_request_bytes)

@@ -9,6 +9,8 @@ Each subscriber has a buffer bounded in events and in bytes. When a push would o
 the buffer is dropped and the subscriber is flagged; its stream then catches up from SQL from
 its own cursor (see ``stream.py``). Frames are shared: a buffer holds references to the one
 encoding of each event, so a slow reader costs at most its bound, never a copy per reader.
+All buffers together hold at most the worker's ceiling, each shared frame counted once
+(``live_budget.py``): past it the laggiest are dropped, and catch up from SQL the same way.
 The hub's own reads are bounded in bytes too (``page_bytes``).
 
 The hub survives anything one batch can throw at it: a failed read is retried at the next
@@ -56,6 +58,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import frames, metrics
 from .events import EventFilter, StoredEvent, is_prefix, selection
+from .live_budget import LIVE_BYTES, LiveBudget
 from .notify import Notifier
 from .sse import Frame
 from .store import head, pages
@@ -71,10 +74,20 @@ SLICE_PAUSE_SECONDS = 0.0002
 
 
 class Subscription:
-    """A local subscriber's bounded buffer of live events, filled by the hub."""
+    """A local subscriber's bounded buffer of live events, filled by the hub.
+
+    Bounded on its own (``limit`` events, ``limit_bytes``) and, with every other buffer of
+    the worker, by ``budget`` (``live_budget.py``), which may drop it to make room.
+    """
 
     def __init__(
-        self, streams: frozenset[str], *, envelope: bool, limit: int, limit_bytes: int
+        self,
+        streams: frozenset[str],
+        *,
+        envelope: bool,
+        limit: int,
+        limit_bytes: int,
+        budget: LiveBudget,
     ) -> None:
         self.streams = streams  # names and prefix patterns, none covering another; empty: all
         self.envelope = envelope  # frames carry the whole stored event (multi-stream)
@@ -82,11 +95,14 @@ class Subscription:
         self.expired = False  # its deadline passed: the stream must end
         self._limit = limit
         self._limit_bytes = limit_bytes
+        self._budget = budget
         self._frames: list[Frame] = []
         self._bytes = 0
+        self._taken: list[Frame] = []  # handed to the reader by the last take(): being written
         self._overflowed = False
+        self._closed = False
         self._heard = False  # whether anything was pushed since the hub's last tick
-        self._lock = threading.Lock()
+        self._lock = budget.lock  # one for the worker's buffers: a push may drop another's
         self._ready = threading.Event()
 
     @property
@@ -95,31 +111,52 @@ class Subscription:
         return len(self._frames)
 
     def push(self, frames: list[Frame]) -> None:
-        """Add events (in id order); past the limit, drop everything and flag an overflow."""
+        """Add events (in id order); past the limit, drop everything and flag an overflow.
+
+        Past the worker's ceiling, the laggiest buffers are dropped (maybe this one)."""
         with self._lock:
-            if self._overflowed:
-                return  # the reader will re-read all of it from SQL anyway
+            if self._overflowed or self._closed:
+                return  # the reader will re-read all of it from SQL anyway, or is gone
             size = sum(len(f.wire) for f in frames)
             if (
                 len(self._frames) + len(frames) > self._limit
                 or self._bytes + size > self._limit_bytes
             ):
                 self._drop()
-            else:
+            elif frames:
+                if not self._frames:
+                    self._budget.waiting(self)
                 self._frames.extend(frames)
                 self._bytes += size
+                self._budget.hold(frames)
+                self._budget.fit()
             self._heard = True
             self._ready.set()
 
     def drop(self) -> None:
         """Drop the buffer and flag an overflow: the reader catches up from SQL."""
         with self._lock:
-            self._drop()
-            self._ready.set()
+            self.evict()
+
+    def evict(self) -> None:
+        """``drop``, with the budget's lock held (the budget makes room with it)."""
+        self._drop()
+        self._ready.set()
 
     def _drop(self) -> None:
+        self._budget.release(self._frames)
+        self._budget.settled(self)
         self._frames, self._bytes = [], 0
         self._overflowed = True
+
+    def close(self) -> None:
+        """The subscriber is gone: give back what its buffer held; pushes are ignored now."""
+        with self._lock:
+            self._budget.release(self._frames)
+            self._budget.release(self._taken)
+            self._budget.settled(self)
+            self._frames, self._bytes, self._taken = [], 0, []
+            self._closed = True
 
     def tick(self) -> None:
         """The hub's heartbeat tick: wake the reader if nothing was pushed since the last one."""
@@ -143,10 +180,15 @@ class Subscription:
 
         No events and no drop means the tick: the subscriber has been idle for a heartbeat.
         After a ``True`` the buffer starts afresh, so everything from then on arrives here again.
+        The frames returned stay counted in the worker's budget until the next call: the
+        reader writes them meanwhile, and holds them until it asks for more.
         """
         self._ready.wait()
         with self._lock:
+            self._budget.release(self._taken)
             frames, overflowed = self._frames, self._overflowed
+            self._budget.settled(self)
+            self._taken = frames
             self._frames, self._bytes, self._overflowed = [], 0, False
             self._ready.clear()
         return frames, overflowed
@@ -167,6 +209,7 @@ class Hub:
         buffer_bytes: int = 8 * 1024 * 1024,
         page_size: int = 1000,
         page_bytes: int = 8 * 1024 * 1024,
+        live: LiveBudget | None = None,
     ) -> None:
         self._engine = engine
         self._notifier = notifier
@@ -177,6 +220,7 @@ class Hub:
         self._heartbeat_seconds = heartbeat_seconds
         self._buffer = buffer
         self._buffer_bytes = buffer_bytes
+        self._live = live or LiveBudget(LIVE_BYTES)
         self._page_size = page_size
         self._page_bytes = page_bytes
         self._lock = threading.Lock()
@@ -237,6 +281,7 @@ class Hub:
             envelope=envelope,
             limit=self._buffer,
             limit_bytes=self._buffer_bytes,
+            budget=self._live,
         )
         with self._lock:
             subscription.position = self._cursor
@@ -281,6 +326,7 @@ class Hub:
                             del self._prefix_lengths[len(stream) - 1]
             if filtered:
                 self._formats[subscription.envelope] -= 1
+        subscription.close()  # after it left the hub's sets: no push holds frames for it again
         if found or filtered:
             self._metrics.live_subscribers.dec()
 
