@@ -226,17 +226,20 @@ def _read_events(
     size = backend_of(conn).data_size(matching.c.data)
     counted = select(
         matching,
-        (func.sum(size).over(order_by=_keyset(matching, newest_first)) - size).label("before"),
-        func.count().over().label("found"),
+        func.sum(size).over(order_by=_keyset(matching, newest_first)).label("through"),
+        size.label("size"),
     ).subquery()
     stmt = (
-        select(*(counted.c[name] for name in _COLUMNS), counted.c.found)
-        .where(counted.c.before < max_bytes)
+        select(*(counted.c[name] for name in _COLUMNS), counted.c.through)
+        .where(counted.c.through - counted.c.size < max_bytes)
         .order_by(_keyset(counted, newest_first))
     )
     rows = conn.execute(stmt).all()
-    found = rows[0].found if rows else 0
-    return Page([_stored(row) for row in rows[:limit]], more=found > limit or len(rows) < found)
+    # Past the byte bound, the first row left out starts where the last one kept ends: when
+    # that is at the bound, more may follow (or none: the next page then finds nothing).
+    # Counting the rows instead (count() over the whole) cost the database a sixth of the page.
+    cut = bool(rows) and rows[-1].through >= max_bytes
+    return Page([_stored(row) for row in rows[:limit]], more=len(rows) > limit or cut)
 
 
 class Source(Protocol):
