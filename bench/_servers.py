@@ -526,9 +526,12 @@ class NchanServer(ServerProcess):
         # for the whole buffer, so no message is dropped for want of space.
         shm_mb = max(128, self.buffer * 2 // 1000)
         config = self.directory / "nginx.conf"
+        # As gunicorn's: as many connections as asked, within the file limit it can have.
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        nofile = self.connections + 100 if hard == resource.RLIM_INFINITY else min(self.connections + 100, hard)
         config.write_text(NCHAN_CONFIG.format(
-            dir=self.directory, module=NCHAN_MODULE, port=self.port, connections=self.connections,
-            nofile=self.connections * 2 + 100, shm_mb=shm_mb, buffer=self.buffer))
+            dir=self.directory, module=NCHAN_MODULE, port=self.port, connections=nofile - 100,
+            nofile=nofile, shm_mb=shm_mb, buffer=self.buffer))
         self.argv = [str(NGINX_BIN), "-p", str(self.directory), "-c", str(config), "-e",
                      str(self.directory / "error.log"), "-g", "daemon off;"]
         try:
