@@ -186,7 +186,7 @@ def servers(args: argparse.Namespace, database_url: str | None, workers: int, re
             log_path=logs / f"flask-sse-{bench}.log" if logs else None), 200))
     if not args.skip_nchan:
         result.append(("Nchan", NchanServer(
-            buffer=max(NCHAN_BUFFER, published),
+            buffer=args.nchan_buffer or max(NCHAN_BUFFER, published),
             log_path=logs / f"nchan-{bench}.log" if logs else None), NCHAN_OK))
     return result
 
@@ -643,7 +643,7 @@ def bench_replay(args: argparse.Namespace) -> list[list[str]]:
     n = args.events
     print(f"\n[replay] one subscriber {n:,} events behind resumes with Last-Event-ID; events inserted "
           f"first with batch publishes of {args.batch:,} (Nchan: one event a request, its buffer "
-          f"{max(NCHAN_BUFFER, n + 1):,} messages); 2 gevent workers for eventlog and Flask-SSE, 1 nginx "
+          f"{args.nchan_buffer or max(NCHAN_BUFFER, n + 1):,} messages); 2 gevent workers for eventlog and Flask-SSE, 1 nginx "
           f"worker for Nchan", flush=True)
     results: dict[str, dict[str, Any]] = {}
     with fresh_database(args.keep_db) as database_url:
@@ -991,6 +991,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    "idle always starts a private redis-server)")
     p.add_argument("--skip-flask-sse", action="store_true", help="do not measure Flask-SSE")
     p.add_argument("--skip-nchan", action="store_true", help="do not measure Nchan")
+    p.add_argument("--nchan-buffer", type=int, metavar="N",
+                   help="Nchan's nchan_message_buffer_length (default: 100,000, or what the scenario "
+                        "publishes when more; smaller shows what it loses)")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="record py-spy profiles of eventlog's workers in the measured part into DIR")
     p.add_argument("--logs", type=Path, metavar="DIR", help="keep the servers' logs in DIR")
