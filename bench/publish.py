@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["single", "batch", "flask-sse", "nchan", "noop"], action="append",
                         help="run only these phases (repeatable); noop: a Flask POST route that does "
                              "nothing, under the same gunicorn, as the machine's ceiling")
-    parser.add_argument("--redis-url", default=REDIS_URL, help=f"Redis for both servers (default {REDIS_URL})")
+    parser.add_argument("--redis-url", default=REDIS_URL, help=f"Redis for eventlog and Flask-SSE (default {REDIS_URL})")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="record py-spy profiles of eventlog's workers during each phase into DIR")
     parser.add_argument("--eventlog-env", action="append", metavar="KEY=VALUE",

@@ -987,7 +987,7 @@ def _reconnect_one(args: argparse.Namespace, label: str, server: Any, ok: Ok,
 
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="smoke run: small sizes, short windows")
-    p.add_argument("--redis-url", default=REDIS_URL, help=f"Redis for both servers (default {REDIS_URL}; "
+    p.add_argument("--redis-url", default=REDIS_URL, help=f"Redis for eventlog and Flask-SSE (default {REDIS_URL}; "
                    "idle always starts a private redis-server)")
     p.add_argument("--skip-flask-sse", action="store_true", help="do not measure Flask-SSE")
     p.add_argument("--skip-nchan", action="store_true", help="do not measure Nchan")
