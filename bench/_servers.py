@@ -1,6 +1,7 @@
 """Starting and stopping what the benches measure: a fresh PostgreSQL database, eventlog and
-Flask-SSE servers (each in its own gunicorn process tree), a private redis-server, plus
-small shared helpers (free ports, RSS of a process, file-descriptor limits, result tables).
+Flask-SSE servers (each in its own gunicorn process tree), Nchan (Debian's nginx with its
+pub/sub module, installed with apt-get when missing), a private redis-server, plus small
+shared helpers (free ports, RSS of a process, file-descriptor limits, result tables).
 
 Nothing here runs load: the load clients live in ``_clients.py`` and run in their own
 processes, never in the server's.
@@ -57,6 +58,10 @@ def raise_nofile(wanted: int | None = None) -> int:
     return target
 
 
+class ServerExited(RuntimeError):
+    """A server process ended while the bench waited for it: no use waiting longer."""
+
+
 def wait_until(check: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     error: Exception | None = None
@@ -64,6 +69,8 @@ def wait_until(check: Callable[[], object], timeout: float, what: str, interval:
         try:
             if check():
                 return
+        except ServerExited:
+            raise
         except Exception as exc:  # noqa: BLE001 - retried until the deadline
             error = exc
         time.sleep(interval)
@@ -198,7 +205,10 @@ def describe_cpu(cpu: dict[str, Any] | None) -> str:
         text += f", postgres {cpu['postgres']:.2f}"
     if cpu.get("clients"):
         text += f", bench clients {cpu['clients']:.2f}"
-    return text
+    # What is left: other processes on the machine (Redis, other sessions' work) and the
+    # kernel's time outside the measured processes.
+    rest = cpu["machine_busy"] - cpu["server"] - cpu.get("postgres", 0) - cpu.get("clients", 0)
+    return text + f", rest {max(0.0, rest):.2f}"
 
 
 def mb(value: float | None) -> str:
@@ -275,9 +285,12 @@ def clean_env() -> dict[str, str]:
 # --- servers -----------------------------------------------------------------------------------
 
 class ServerProcess:
-    """A gunicorn master (eventlog's or Flask-SSE's) and its workers."""
+    """A server's master process (gunicorn's, or nginx's for Nchan) and its workers."""
 
     name = "server"
+    # Whether a subscriber can tell it is registered from its first bytes; Flask-SSE sends
+    # nothing until the first event.
+    ready_at_first_bytes = True
 
     def __init__(self, argv: Sequence[str], env: dict[str, str], port: int, workers: int,
                  ready_path: str, log_path: Path | None = None) -> None:
@@ -306,7 +319,7 @@ class ServerProcess:
         def up() -> bool:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
+                raise ServerExited(f"{self.name} exited with {self.process.returncode}; {self.exit_hint()}")
             return len(self.worker_pids()) == self.workers and http_status(self.port, self.ready_path) == 200
 
         wait_until(up, timeout, f"{self.name} on port {self.port}")
@@ -314,6 +327,10 @@ class ServerProcess:
         for _ in range(self.workers * 4):
             http_status(self.port, self.ready_path)
         return self
+
+    def exit_hint(self) -> str:
+        """Where to read why the server exited."""
+        return f"see {self.log_path}" if self.log_path else "run with --logs DIR to keep its log"
 
     def worker_pids(self) -> list[int]:
         return [] if self.process is None else children(self.process.pid)
@@ -376,6 +393,7 @@ class FlaskSseServer(ServerProcess):
     """
 
     name = "Flask-SSE"
+    ready_at_first_bytes = False
 
     def __init__(self, redis_url: str, channel: str, *, workers: int = 2,
                  connections: int = 20000, log_path: Path | None = None) -> None:
@@ -393,6 +411,156 @@ class FlaskSseServer(ServerProcess):
 
     def publish_path(self, stream: str) -> str:
         return "/publish"
+
+
+NGINX_BIN = Path("/usr/sbin/nginx")
+# Nchan's per-channel message buffer in every scenario: the replay's 100,000 events behind (a
+# scenario with more events sizes it up to them), so what it can replay is never what the
+# bench left it room for.
+NCHAN_BUFFER = 100_000
+NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
+NCHAN_PACKAGES = ("nginx", "libnginx-mod-nchan")
+
+
+def ensure_nchan() -> None:
+    """Install Debian's nginx and its Nchan module with apt-get when either is missing (as root,
+    non-interactively), saying so; exit with what to do when that is not possible."""
+    if NGINX_BIN.exists() and NCHAN_MODULE.exists():
+        return
+    apt = shutil.which("apt-get")
+    command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *NCHAN_PACKAGES]
+    if apt is None or os.geteuid() != 0:
+        raise SystemExit(f"Nchan is not installed ({NGINX_BIN} or {NCHAN_MODULE} is missing) and this "
+                         f"bench cannot install it (it needs root and apt-get): run `{' '.join(command)}`, "
+                         "or pass --skip-nchan")
+    print(f"  Nchan is missing: installing Debian's {' and '.join(NCHAN_PACKAGES)} "
+          f"({' '.join(command)}) ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    quiet: dict[str, Any] = {"env": env, "stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL}
+    if subprocess.run([apt, *command[1:]], **quiet).returncode != 0:
+        # An image built without package lists (or with stale ones) needs them first.
+        subprocess.run([apt, "update", "-q"], check=True, **quiet)
+        subprocess.run([apt, *command[1:]], check=True, **quiet)
+    if not (NGINX_BIN.exists() and NCHAN_MODULE.exists()):
+        raise SystemExit(f"apt-get installed {' '.join(NCHAN_PACKAGES)} but {NCHAN_MODULE} is missing")
+    print(f"  installed: {subprocess.run([NGINX_BIN, '-v'], capture_output=True, text=True).stderr.strip()}",
+          flush=True)
+
+
+NCHAN_CONFIG = """\
+# Written by bench/_servers.py for one bench run; nginx runs with -p {dir} -g 'daemon off;'.
+load_module {module};
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+
+events {{
+    worker_connections {connections};
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    # As eventlog serve's gunicorn: keep-alive 5 s, and no cap on requests per connection
+    # (nginx's default of 1,000 would make the publish bench's clients reconnect).
+    keepalive_timeout 5s;
+    keepalive_requests 1000000000;
+    client_max_body_size 1m;
+    client_body_buffer_size 1m;
+
+    # Each channel keeps its last {buffer} messages, never expiring (Nchan's defaults: 10 for an
+    # hour): all a subscriber resuming with Last-Event-ID can get. The shared memory holds them.
+    nchan_message_buffer_length {buffer};
+    nchan_message_timeout 0;
+    nchan_shared_memory_size {shm_mb}m;
+
+    server {{
+        # gunicorn's backlog (nginx's default is 511) for the idle bench's 1,000 connects a second.
+        listen 127.0.0.1:{port} backlog=2048;
+
+        location = /healthz {{
+            return 200 "ok\\n";
+        }}
+        location ~ ^/pub/([\\w-]+)$ {{
+            nchan_publisher http;
+            nchan_channel_id $1;
+        }}
+        location ~ ^/sub/([\\w-]+)$ {{
+            nchan_subscriber eventsource;
+            nchan_channel_id $1;
+            # As eventlog: without Last-Event-ID a subscriber gets what comes next, not the buffer.
+            nchan_subscriber_first_message newest;
+        }}
+    }}
+}}
+"""
+
+
+class NchanServer(ServerProcess):
+    """Nchan: Debian's nginx with ``libnginx-mod-nchan``, one worker process, in the foreground.
+
+    Its configuration (``NCHAN_CONFIG``) is written into a temporary directory of its own, which
+    also holds the pid file, the error log and nginx's temp paths; nothing under /etc or /var
+    is read or written. Publishers POST the event's JSON to ``/pub/<stream>`` (201 when it had
+    subscribers, 202 when it was only stored); subscribers GET ``/sub/<stream>`` as EventSource,
+    resuming with ``Last-Event-ID``. Nchan keeps the last ``buffer`` messages of each channel in
+    shared memory (never expiring): that is all it can replay.
+    """
+
+    name = "Nchan"
+
+    def __init__(self, *, buffer: int, connections: int = 20000, log_path: Path | None = None) -> None:
+        ensure_nchan()
+        self.buffer = buffer
+        self.connections = connections
+        self.directory: Path | None = None
+        super().__init__([], clean_env(), free_port(), 1, "/healthz", log_path)
+
+    def start(self, timeout: float = 60.0) -> Self:
+        self.directory = Path(tempfile.mkdtemp(prefix="nchan_bench_"))
+        # nginx started as root runs its worker as nobody, which must reach the temp paths.
+        self.directory.chmod(0o755)
+        # A stored message takes well under 2 kB of shared memory with its bookkeeping: room
+        # for the whole buffer, so no message is dropped for want of space.
+        shm_mb = max(128, self.buffer * 2 // 1000)
+        config = self.directory / "nginx.conf"
+        # As gunicorn's: as many connections as asked, within the file limit it can have.
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        nofile = self.connections + 100 if hard == resource.RLIM_INFINITY else min(self.connections + 100, hard)
+        config.write_text(NCHAN_CONFIG.format(
+            dir=self.directory, module=NCHAN_MODULE, port=self.port, connections=nofile - 100,
+            nofile=nofile, shm_mb=shm_mb, buffer=self.buffer))
+        self.argv = [str(NGINX_BIN), "-p", str(self.directory), "-c", str(config), "-e",
+                     str(self.directory / "error.log"), "-g", "daemon off;"]
+        try:
+            return super().start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def exit_hint(self) -> str:
+        assert self.directory is not None
+        lines = (self.directory / "error.log").read_text(errors="replace").strip().splitlines()
+        return "nginx said: " + (lines[-1] if lines else "nothing")
+
+    def stream_path(self, stream: str) -> str:
+        return f"/sub/{stream}"
+
+    def publish_path(self, stream: str) -> str:
+        return f"/pub/{stream}"
+
+    def stop(self) -> None:
+        super().stop()  # SIGTERM: nginx's fast shutdown (its SIGQUIT would wait for every stream)
+        if self.directory is not None:
+            if self.log_path is not None:
+                shutil.copyfile(self.directory / "error.log", self.log_path)
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
 
 
 class PrivateRedis:
@@ -493,7 +661,10 @@ def ratio(ours: float | None, theirs: float | None, lower_is_better: bool = Fals
     return f"{ours / theirs:.2f}x"
 
 
-def table(rows: Sequence[Sequence[str]], header: Sequence[str] = ("", "eventlog", "Flask-SSE", "ratio", "target")) -> str:
+SIDE_BY_SIDE = ("", "eventlog", "Flask-SSE", "Nchan", "vs Flask-SSE", "vs Nchan", "target")
+
+
+def table(rows: Sequence[Sequence[str]], header: Sequence[str] = SIDE_BY_SIDE) -> str:
     all_rows = [list(header), *[list(map(str, r)) for r in rows]]
     widths = [max(len(r[i]) if i < len(r) else 0 for r in all_rows) for i in range(len(header))]
     lines = []

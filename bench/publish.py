@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Publishing throughput over HTTP: eventlog (PostgreSQL + Redis) vs Flask-SSE (Redis).
+"""Publishing throughput over HTTP: eventlog (PostgreSQL + Redis) vs Flask-SSE (Redis) vs Nchan.
 
 Client processes (8 by default), each with one keep-alive HTTP/1.1 connection
 (a raw socket), POST as fast as the server answers. After a warm-up, events whose
@@ -9,9 +9,12 @@ request completes inside a fixed window are counted.
     batch   arrays of 1,000 events (eventlog)   eventlog target >= 50,000 events/s
     noop    a Flask POST route that does nothing, under the same gunicorn: the ceiling
             for any Flask app on this machine right now (calibration, not a contender)
+    nchan   Nchan (nginx's pub/sub module, from Debian's packages, installed with apt-get
+            when missing): the same single events POSTed to its publisher location
 
-Flask-SSE has no batch publish: its row shows its single-event rate only.
-Both servers run under gunicorn with 2 gevent workers; eventlog gets a fresh database.
+Flask-SSE and Nchan have no batch publish: their rows show their single-event rates only.
+eventlog and Flask-SSE run under gunicorn with 2 gevent workers (eventlog on a fresh
+database); Nchan runs one nginx worker process, its buffer holding the last 100,000 messages.
 Each phase prints where the CPU went (the machine, the server's workers, PostgreSQL, the
 bench's own clients), so a figure from a busy machine can be read for what it is.
 
@@ -29,12 +32,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _clients import Publisher, percentile
+from _clients import Ok, Publisher, accepted, percentile
 from _servers import (
     REDIS_URL,
+    NCHAN_BUFFER,
     CpuMeter,
     EventlogServer,
     FlaskSseServer,
+    NchanServer,
     Profiler,
     describe_cpu,
     env_pairs,
@@ -65,7 +70,7 @@ def batch_body(client: int, size: int) -> bytes:
     return b"[" + items + b"]"
 
 
-def client_main(index: int, port: int, path: str, mode: str, batch: int, ok_status: int,
+def client_main(index: int, port: int, path: str, mode: str, batch: int, ok_status: Ok,
                 go: Any, window: Any, results: Any) -> None:
     """One load process: publish until the window closes; report what completed in it."""
     publisher = Publisher(port)
@@ -87,7 +92,7 @@ def client_main(index: int, port: int, path: str, mode: str, batch: int, ok_stat
         n += 1
         status, _ = publisher.post(path, body if body is not None else single_body(index, n))
         finished = time.monotonic()
-        if status != ok_status:
+        if not accepted(status, ok_status):
             errors += 1
             if status == 0:
                 time.sleep(0.05)
@@ -100,7 +105,7 @@ def client_main(index: int, port: int, path: str, mode: str, batch: int, ok_stat
                                    "errors": errors, "latencies": latencies}))
 
 
-def run_phase(server: Any, mode: str, args: argparse.Namespace, ok_status: int,
+def run_phase(server: Any, mode: str, args: argparse.Namespace, ok_status: Ok,
               profile_label: str | None, database_url: str | None = None,
               path: str | None = None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
@@ -171,10 +176,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first (default 3)")
     parser.add_argument("--batch-size", type=int, default=1000, help="events per batch request (default 1000)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers for both servers (default 2)")
-    parser.add_argument("--only", choices=["single", "batch", "flask-sse", "noop"], action="append",
+    parser.add_argument("--only", choices=["single", "batch", "flask-sse", "nchan", "noop"], action="append",
                         help="run only these phases (repeatable); noop: a Flask POST route that does "
                              "nothing, under the same gunicorn, as the machine's ceiling")
-    parser.add_argument("--redis-url", default=REDIS_URL, help=f"Redis for both servers (default {REDIS_URL})")
+    parser.add_argument("--redis-url", default=REDIS_URL, help=f"Redis for eventlog and Flask-SSE (default {REDIS_URL})")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="record py-spy profiles of eventlog's workers during each phase into DIR")
     parser.add_argument("--eventlog-env", action="append", metavar="KEY=VALUE",
@@ -185,16 +190,20 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.duration, args.warmup, args.clients = 3.0, 1.0, min(args.clients, 4)
-    phases = args.only or ["single", "batch", "flask-sse", "noop"]
+    phases = args.only or ["single", "batch", "flask-sse", "nchan", "noop"]
     run = uuid.uuid4().hex[:8]
     if args.logs:
         args.logs.mkdir(parents=True, exist_ok=True)
 
     print(f"publish bench: {args.clients} client processes, keep-alive HTTP/1.1, "
           f"{args.warmup:g} s warm-up + {args.duration:g} s measured per phase, "
-          f"{args.workers} gevent workers per server")
+          f"{args.workers} gevent workers for eventlog and Flask-SSE, 1 nginx worker for Nchan")
+    nchan = None
+    if "nchan" in phases:  # installs Nchan now if it is missing, before any run
+        nchan = NchanServer(buffer=NCHAN_BUFFER,
+                            log_path=args.logs / "nchan-publish.log" if args.logs else None)
     results: dict[str, dict[str, Any] | None] = {"single": None, "batch": None, "flask-sse": None,
-                                                 "noop": None}
+                                                 "nchan": None, "noop": None}
     if "single" in phases or "batch" in phases:
         with fresh_database(args.keep_db) as database_url:
             log = args.logs / "eventlog-publish.log" if args.logs else None
@@ -215,8 +224,12 @@ def main() -> None:
             if "noop" in phases:
                 print("  Flask no-op POST (calibration) ...", flush=True)
                 results["noop"] = run_phase(server, "single", args, 201, None, path="/noop")
+    if nchan is not None:
+        with nchan:
+            print("  Nchan single ...", flush=True)
+            results["nchan"] = run_phase(nchan, "single", args, frozenset({201, 202}), None)
 
-    single, batch, theirs = results["single"], results["batch"], results["flask-sse"]
+    single, batch, theirs, nchan_ = results["single"], results["batch"], results["flask-sse"], results["nchan"]
 
     def rate(r: dict[str, Any] | None) -> float | None:
         return None if r is None else r["events_per_s"]
@@ -225,11 +238,13 @@ def main() -> None:
         return "-" if value is None else f"{value:,.0f}"
 
     rows = [
-        ["single events/s", fmt(rate(single)), fmt(rate(theirs)), ratio(rate(single), rate(theirs)),
+        ["single events/s", fmt(rate(single)), fmt(rate(theirs)), fmt(rate(nchan_)),
+         ratio(rate(single), rate(theirs)), ratio(rate(single), rate(nchan_)),
          f">= {TARGET_SINGLE:,.0f} ({verdict(rate(single), TARGET_SINGLE)})"],
-        ["(no-op Flask POST: ceiling)", fmt(rate(results["noop"])), "", "", ""],
-        [f"batch ({args.batch_size}) events/s", fmt(rate(batch)), "no batch API",
+        ["(no-op Flask POST: ceiling)", fmt(rate(results["noop"])), "", "", "", "", ""],
+        [f"batch ({args.batch_size}) events/s", fmt(rate(batch)), "no batch API", "no batch API",
          ratio(rate(batch), rate(theirs)) + " vs its single" if batch and theirs else "n/a",
+         ratio(rate(batch), rate(nchan_)) + " vs its single" if batch and nchan_ else "n/a",
          f">= {TARGET_BATCH:,.0f} ({verdict(rate(batch), TARGET_BATCH)})"],
     ]
     print()
@@ -238,11 +253,13 @@ def main() -> None:
     print(f"  eventlog single : {describe(single)}")
     print(f"  eventlog batch  : {describe(batch)}")
     print(f"  Flask-SSE single: {describe(theirs)}")
+    print(f"  Nchan single    : {describe(nchan_)}")
     print(f"  no-op Flask POST: {describe(results['noop'])}")
     print("  (no-op: the same gunicorn + Flask answering without any work; no app publishes faster"
           " than this on this machine right now)")
     print("  (Flask-SSE stores nothing: its publish is one Redis PUBLISH on a new Redis connection;"
-          " eventlog commits to PostgreSQL, then announces)")
+          " eventlog commits to PostgreSQL, then announces; Nchan keeps the message in its"
+          " shared-memory buffer, one nginx worker, no database)")
     sys.stdout.flush()
 
 

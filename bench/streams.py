@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Server-Sent Events benches: eventlog vs Flask-SSE 1.0.0, side by side.
+"""Server-Sent Events benches: eventlog vs Flask-SSE 1.0.0 vs Nchan, side by side.
 
     idle       N (10,000) idle SSE connections on ONE server process: worker RSS and the
                time for one published event to reach all of them   (targets <= 400 MB, <= 5 s)
-    fanout     1,000 subscribers of one stream, 100 events/s for 10 s: publish-to-delivery
-               latency p50/p99 and missing deliveries                (target p99 <= 100 ms)
+    fanout     200, then 2,000 subscribers of one stream, 100 events/s for 10 s:
+               publish-to-delivery latency p50/p99 and missing deliveries
+                                                      (target p99 <= 10 ms at 200, 120 ms at 2,000)
     replay     a subscriber 100,000 events behind resumes with Last-Event-ID: events/s
                                                                      (target >= 50,000/s)
     reconnect  50 subscribers each drop their connection 3 times (and come back with
@@ -17,7 +18,10 @@ reconnect, one blocking socket for replay, and for fanout a small C program
 (``fanout_client.c``, compiled with ``cc`` when the bench starts).
 eventlog runs on a fresh PostgreSQL database with Redis notifications; Flask-SSE is the
 minimal app from its docs (``flask_sse_app.py``). Both use gunicorn gevent workers: 1 for
-``idle`` (one process), 2 otherwise. Servers are measured one at a time, never together.
+``idle`` (one process), 2 otherwise. Nchan is Debian's nginx with ``libnginx-mod-nchan``
+(installed with apt-get when missing), always one nginx worker process, its message buffer
+holding at least as many messages as the scenario publishes (``_servers.NchanServer``).
+Servers are measured one at a time, never together.
 
     python bench/streams.py all --quick      # smoke run of everything
     python bench/streams.py idle             # the full idle bench
@@ -45,7 +49,10 @@ from pathlib import Path
 from typing import Any
 
 from _clients import (
+    Ok,
     Publisher,
+    accepted,
+    event_order,
     SseConnection,
     connect,
     event_body,
@@ -59,7 +66,9 @@ from _servers import (
     REDIS_URL,
     CpuMeter,
     EventlogServer,
+    NCHAN_BUFFER,
     FlaskSseServer,
+    NchanServer,
     PrivateRedis,
     Profiler,
     describe_cpu,
@@ -119,7 +128,7 @@ def start_clients(target: Any, per_client: list[int], *args: Any) -> list[Any]:
 
 
 def run_each(runs: Any, run_one: Any) -> dict[str, dict[str, Any]]:
-    """Run one scenario on each server in turn (eventlog, then Flask-SSE), printing progress."""
+    """Run one scenario on each server in turn (eventlog, Flask-SSE, Nchan), printing progress."""
     results: dict[str, dict[str, Any]] = {}
     for label, server, ok in runs:
         print(f"  {label} ...", flush=True)
@@ -147,21 +156,25 @@ def errors_of(conns: list[SseConnection]) -> dict[str, int]:
                         for c in conns if c.error).most_common(4))
 
 
-def publish_one(port: int, path: str, type_: str, data: Any, ok: int) -> tuple[float, bool]:
+def publish_one(port: int, path: str, type_: str, data: Any, ok: Ok) -> tuple[float, bool]:
     """POST one event on a new connection; return when the request started and whether it worked."""
     publisher = Publisher(port)
     publisher.connect()
     started = time.monotonic()
     status, _ = publisher.post(path, event_body(type_, data))
     publisher.close()
-    return started, status == ok
+    return started, accepted(status, ok)
+
+
+NCHAN_OK = frozenset({201, 202})  # delivered to subscribers / only stored
 
 
 def servers(args: argparse.Namespace, database_url: str | None, workers: int, redis_url: str,
-            run: str, bench: str) -> list[tuple[str, Any, int]]:
-    """(label, server, publish status) for eventlog, then Flask-SSE."""
+            run: str, bench: str, published: int = 0) -> list[tuple[str, Any, Ok]]:
+    """(label, server, publish status) for eventlog, then Flask-SSE, then Nchan (one nginx
+    worker whatever ``workers`` says; its buffer holds ``published`` messages at least)."""
     logs = args.logs
-    result: list[tuple[str, Any, int]] = []
+    result: list[tuple[str, Any, Ok]] = []
     if database_url is not None:
         result.append(("eventlog", EventlogServer(
             database_url, redis_url, f"bench-{run}", workers=workers,
@@ -171,7 +184,25 @@ def servers(args: argparse.Namespace, database_url: str | None, workers: int, re
         result.append(("Flask-SSE", FlaskSseServer(
             redis_url, f"bench-sse-{run}", workers=workers,
             log_path=logs / f"flask-sse-{bench}.log" if logs else None), 200))
+    if not args.skip_nchan:
+        result.append(("Nchan", NchanServer(
+            buffer=args.nchan_buffer or max(NCHAN_BUFFER, published),
+            log_path=logs / f"nchan-{bench}.log" if logs else None), NCHAN_OK))
     return result
+
+
+LABELS = ("eventlog", "Flask-SSE", "Nchan")
+
+
+def row(name: str, results: dict[str, dict[str, Any]], key: str, show: Any,
+        lower_is_better: bool = False, target: str = "") -> list[str]:
+    """A table row: ``show(result)`` for each server that ran, eventlog's ratio of ``key`` to
+    Flask-SSE's and to Nchan's (above 1: eventlog better), the target."""
+    ours = results.get("eventlog") or {}
+    cells = [show(results[label]) if results.get(label) else "-" for label in LABELS]
+    ratios = [ratio(ours.get(key), (results.get(label) or {}).get(key), lower_is_better) if key else ""
+              for label in LABELS[1:]]
+    return [name, *cells, *ratios, target]
 
 
 def fmt_ms(seconds: float | None) -> str:
@@ -238,38 +269,31 @@ async def _idle_client(index: int, count: int, port: int, path: str, rate: float
 def bench_idle(args: argparse.Namespace) -> list[list[str]]:
     n = args.connections
     run = uuid.uuid4().hex[:8]
-    print(f"\n[idle] {n:,} idle SSE connections on one server process (1 gevent worker), opened at "
-          f"{args.connect_rate:,.0f}/s by {args.clients} client processes; a private redis-server "
-          f"(maxclients {n + 1000:,}) for both servers", flush=True)
+    print(f"\n[idle] {n:,} idle SSE connections on one server process (1 gevent worker; Nchan: 1 nginx "
+          f"worker), opened at {args.connect_rate:,.0f}/s by {args.clients} client processes; a private "
+          f"redis-server (maxclients {n + 1000:,}) for eventlog and Flask-SSE", flush=True)
     with PrivateRedis(maxclients=n + 1000) as redis_server, fresh_database(args.keep_db) as database_url:
         results = run_each(
             servers(args, database_url, 1, redis_server.url, run, "idle"),
             lambda label, server, ok: _idle_one(args, label, server, ok, redis_server),
         )
-    ours, theirs = results.get("eventlog", {}), results.get("Flask-SSE", {})
-    def mb_(value: float | None, present: dict[str, Any]) -> str:
-        return mb(value) if present else "-"
-
+    ours = results.get("eventlog") or {}
+    rss_mb = (ours.get("rss") or 0) / 1e6 if ours.get("rss") else None
     rows = [
-        [f"connections held of {n:,}", f"{ours['held']:,}" if ours else "-",
-         f"{theirs['held']:,}" if theirs else "-", ratio(ours.get("held"), theirs.get("held")), ""],
-        ["worker RSS with them open", mb_(ours.get("rss"), ours), mb_(theirs.get("rss"), theirs),
-         ratio(ours.get("rss"), theirs.get("rss"), lower_is_better=True),
-         f"<= 400 MB ({verdict((ours.get('rss') or 0) / 1e6 if ours.get('rss') else None, 400, True)})"],
-        ["subscribers that got the event", f"{ours.get('got', 0):,}" if ours else "-",
-         f"{theirs.get('got', 0):,}" if theirs else "-", ratio(ours.get("got"), theirs.get("got")), ""],
-        ["time until all of them had it", until_all(ours, n), until_all(theirs, n),
-         ratio(ours.get("all_s"), theirs.get("all_s"), lower_is_better=True),
-         f"<= 5 s ({verdict(ours.get('all_s'), 5.0, True)})"],
-        ["median delivery", fmt_ms(ours.get("p50_s")), fmt_ms(theirs.get("p50_s")),
-         ratio(ours.get("p50_s"), theirs.get("p50_s"), lower_is_better=True), ""],
+        row(f"connections held of {n:,}", results, "held", lambda r: f"{r['held']:,}"),
+        row("worker RSS with them open", results, "rss", lambda r: mb(r.get("rss")), True,
+            f"<= 400 MB ({verdict(rss_mb, 400, True)})"),
+        row("subscribers that got the event", results, "got", lambda r: f"{r.get('got', 0):,}"),
+        row("time until all of them had it", results, "all_s", lambda r: until_all(r, n), True,
+            f"<= 5 s ({verdict(ours.get('all_s'), 5.0, True)})"),
+        row("median delivery", results, "p50_s", lambda r: fmt_ms(r.get("p50_s")), True),
     ]
     print()
     print(table(rows))
     return rows
 
 
-def _idle_one(args: argparse.Namespace, label: str, server: Any, ok: int, redis_server: PrivateRedis) -> dict[str, Any]:
+def _idle_one(args: argparse.Namespace, label: str, server: Any, ok: Ok, redis_server: PrivateRedis) -> dict[str, Any]:
     n = args.connections
     worker = server.worker_pids()[0]
     rss_idle = proc_status(worker, "VmRSS")
@@ -278,10 +302,10 @@ def _idle_one(args: argparse.Namespace, label: str, server: Any, ok: int, redis_
     probe, stop = SPAWN.Event(), SPAWN.Event()
     per_client = split(n, args.clients)
     procs = start_clients(idle_client, per_client, server.port, server.stream_path(STREAM),
-                          args.connect_rate / len(per_client), label == "eventlog", args.settle,
+                          args.connect_rate / len(per_client), server.ready_at_first_bytes, args.settle,
                           args.timeout, inbox.queue, probe, stop)
     out: dict[str, Any] = {"rss_idle": rss_idle}
-    profiler = Profiler(server, args.profile if label == "eventlog" else None, "idle-connect",
+    profiler = Profiler(server, args.profile if isinstance(server, EventlogServer) else None, "idle-connect",
                         n / args.connect_rate + 5)
     try:
         with profiler:
@@ -289,7 +313,7 @@ def _idle_one(args: argparse.Namespace, label: str, server: Any, ok: int, redis_
         open_now = sum(o["open"] for o in opened.values())
         retried = sum(o["retried"] for o in opened.values())
         ready_line = f"{retried:,} needed to retry their connect; " if retried else ""
-        if label == "eventlog":
+        if server.ready_at_first_bytes:
             ready = sum(o["ready"] for o in opened.values())
             lasts = [o["last_ready"] for o in opened.values() if o["last_ready"]]
             began = min(o["began"] for o in opened.values()) if opened else 0
@@ -316,7 +340,7 @@ def _idle_one(args: argparse.Namespace, label: str, server: Any, ok: int, redis_
         sent_at, published = publish_one(server.port, server.publish_path(STREAM), "probe",
                                          {"probe": True}, ok)
         via = "" if published else "; probe publish over HTTP FAILED"
-        if not published and label != "eventlog":
+        if not published and isinstance(server, FlaskSseServer):
             # Its one worker could not take the POST: publish as another app process would.
             import redis
 
@@ -421,77 +445,85 @@ class NativeFanoutClient:
         return self._process.returncode
 
 
+# The issue's delivery targets (p99) by fan-out size; other sizes are read against the old one.
+FANOUT_TARGETS = {200: 0.010, 2000: 0.120}
+FANOUT_TARGET = 0.100
+
+
 def bench_fanout(args: argparse.Namespace) -> list[list[str]]:
+    rows = []
+    for subscribers in args.subscribers:
+        rows += _bench_fanout_size(argparse.Namespace(**{**vars(args), "subscribers": subscribers}))
+    return rows
+
+
+def _bench_fanout_size(args: argparse.Namespace) -> list[list[str]]:
     total = int(args.rate * args.duration)
     run = uuid.uuid4().hex[:8]
     print(f"\n[fanout] {args.subscribers:,} subscribers of one stream ({args.clients} client processes), "
           f"{total:,} events at {args.rate:g}/s ({args.publishers} keep-alive publisher connections); "
-          f"2 gevent workers per server", flush=True)
+          f"2 gevent workers for eventlog and Flask-SSE, 1 nginx worker for Nchan", flush=True)
     with tempfile.TemporaryDirectory() as build, fresh_database(args.keep_db) as database_url:
         client = build_native_client(Path(build))
         results = run_each(
-            servers(args, database_url, 2, args.redis_url, run, "fanout"),
+            servers(args, database_url, 2, args.redis_url, run, "fanout", total),
             lambda label, server, ok: _fanout_one(args, label, server, ok, total, database_url, client),
         )
-    ours, theirs = results.get("eventlog", {}), results.get("Flask-SSE", {})
-    expected = total * args.subscribers
+    ours = results.get("eventlog") or {}
+    target = FANOUT_TARGETS.get(args.subscribers, FANOUT_TARGET)
     rows = [
-        ["latency p50", fmt_ms(ours.get("p50")), fmt_ms(theirs.get("p50")),
-         ratio(ours.get("p50"), theirs.get("p50"), True), ""],
-        ["latency p99", fmt_ms(ours.get("p99")), fmt_ms(theirs.get("p99")),
-         ratio(ours.get("p99"), theirs.get("p99"), True),
-         f"<= 100 ms ({verdict(ours.get('p99'), 0.100, True)})"],
-        ["latency max", fmt_ms(ours.get("max")), fmt_ms(theirs.get("max")),
-         ratio(ours.get("max"), theirs.get("max"), True), ""],
-        [f"missing of {expected:,}", f"{ours['missing']:,}" if ours else "-",
-         f"{theirs['missing']:,}" if theirs else "-", "", "0"],
-        ["duplicates", f"{ours['dupes']:,}" if ours else "-", f"{theirs['dupes']:,}" if theirs else "-", "", "0"],
-        ["publish rate achieved", f"{ours['rate']:,.0f}/s" if ours else "-",
-         f"{theirs['rate']:,.0f}/s" if theirs else "-", ratio(ours.get("rate"), theirs.get("rate")),
-         f"{args.rate:g}/s"],
+        row("latency p50", results, "p50", lambda r: fmt_ms(r.get("p50")), True),
+        row("latency p99", results, "p99", lambda r: fmt_ms(r.get("p99")), True,
+            f"<= {target * 1000:g} ms ({verdict(ours.get('p99'), target, True)})"),
+        row("latency max", results, "max", lambda r: fmt_ms(r.get("max")), True),
+        row(f"missing of {total * args.subscribers:,}", results, "", lambda r: f"{r['missing']:,}",
+            target="0"),
+        row("duplicates", results, "", lambda r: f"{r['dupes']:,}", target="0"),
+        row("publish rate achieved", results, "rate", lambda r: f"{r['rate']:,.0f}/s",
+            target=f"{args.rate:g}/s"),
     ]
     print()
+    print(f"  {args.subscribers:,} subscribers:")
     print(table(rows))
     return rows
 
 
-def wait_ready(inbox: Inbox, clients: int, server: Any, is_flask_sse: bool, ok: int,
-               settle: float) -> dict[int, Any]:
+def wait_ready(inbox: Inbox, clients: int, server: Any, ok: Ok, settle: float) -> dict[int, Any]:
     """Collect each client process's "ready" report (bounded by ``settle`` + 30 s).
 
     Flask-SSE sends nothing until an event comes, so its subscribers are pinged until every
-    client has seen one; an eventlog subscriber is ready at its first bytes.
+    client has seen one; an eventlog or Nchan subscriber is ready at its first bytes.
     """
     deadline = time.monotonic() + settle + 30
     ready: dict[int, Any] = {}
     while len(ready) < clients and time.monotonic() < deadline:
-        if is_flask_sse:
+        if not server.ready_at_first_bytes:
             publish_one(server.port, server.publish_path(STREAM), "ping", {}, ok)
         ready.update(inbox.collect("ready", clients - len(ready), 0.3))
     return ready
 
 
-def _fanout_one(args: argparse.Namespace, label: str, server: Any, ok: int, total: int,
+def _fanout_one(args: argparse.Namespace, label: str, server: Any, ok: Ok, total: int,
                 database_url: str, client: Path) -> dict[str, Any]:
     inbox = Inbox()
     per_client = split(args.subscribers, args.clients)
-    is_flask_sse = label != "eventlog"
+    is_eventlog = isinstance(server, EventlogServer)
     procs = [NativeFanoutClient(client, i, n, server.port, server.stream_path(STREAM),
-                                total, is_flask_sse, args.settle,
+                                total, not server.ready_at_first_bytes, args.settle,
                                 total / args.rate + args.grace + args.settle + 120, inbox.queue)
              for i, n in enumerate(per_client)]
     publisher = None
     try:
-        ready = wait_ready(inbox, len(procs), server, is_flask_sse, ok, args.settle)
+        ready = wait_ready(inbox, len(procs), server, ok, args.settle)
         n_ready = sum(ready.values())
         time.sleep(0.5)
         start_at = time.monotonic() + 0.5
         publisher = SPAWN.Process(target=paced_publisher, daemon=True, args=(
             server.port, server.publish_path(STREAM), "tick", total, args.rate, args.publishers, ok,
             start_at, inbox.queue))
-        with Profiler(server, args.profile if not is_flask_sse else None, "fanout", total / args.rate):
+        with Profiler(server, args.profile if is_eventlog else None, "fanout", total / args.rate):
             publisher.start()
-            meter = CpuMeter(server, None if is_flask_sse else database_url,
+            meter = CpuMeter(server, database_url if is_eventlog else None,
                              [p.pid for p in procs] + [publisher.pid]).start()
             published = inbox.collect("published", 1, total / args.rate + 150).get(0)
         # Let deliveries drain (CPU is counted until every subscriber has all, or the grace ends).
@@ -537,9 +569,15 @@ def _fanout_one(args: argparse.Namespace, label: str, server: Any, ok: int, tota
 
 # --- (c) replay ----------------------------------------------------------------------------------
 
-def replay_client(port: int, path: str, last_event_id: int, expected: int, timeout: float, inbox: Any,
+QUIET_SECONDS = 10.0
+
+
+def replay_client(port: int, path: str, last_event_id: str, expected: int, timeout: float, inbox: Any,
                   go: Any) -> None:
-    """One subscriber on a blocking socket: resume after ``last_event_id``, read ``expected`` events."""
+    """One subscriber on a blocking socket: resume after ``last_event_id``, read ``expected`` events.
+
+    Counts the events in id order: each numeric id (eventlog's) the one after the last, each
+    ``<seconds>:<n>`` id (Nchan's) above the last."""
     import socket
 
     from _clients import ChunkedDecoder, FrameParser
@@ -550,11 +588,12 @@ def replay_client(port: int, path: str, last_event_id: int, expected: int, timeo
     started = time.monotonic()
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     sock.settimeout(0.5)
-    sock.sendall(sse_request(path, port, str(last_event_id)))
+    sock.sendall(sse_request(path, port, last_event_id))
     head, body = b"", b""
-    chunked, parser = ChunkedDecoder(), FrameParser()
+    chunked: ChunkedDecoder | None = None
+    parser = FrameParser()
     count = in_order = 0
-    expect = last_event_id + 1
+    previous = event_order(last_event_id)
     first = last = None
     deadline = started + timeout
     status = None
@@ -562,6 +601,10 @@ def replay_client(port: int, path: str, last_event_id: int, expected: int, timeo
         try:
             data = sock.recv(1 << 18)
         except TimeoutError:
+            # A server that stopped sending part way (Nchan resuming after an id its buffer
+            # no longer holds) is not waited for until the deadline.
+            if last is not None and time.monotonic() - last > QUIET_SECONDS:
+                break
             continue
         if not data:
             break
@@ -571,8 +614,10 @@ def replay_client(port: int, path: str, last_event_id: int, expected: int, timeo
             if end < 0:
                 continue
             status = int(head.split(b" ", 2)[1])
+            if b"transfer-encoding: chunked" in head[:end].lower():  # eventlog's; Nchan's is plain
+                chunked = ChunkedDecoder()
             data = head[end + 4:]
-        body = chunked.feed(data)
+        body = chunked.feed(data) if chunked is not None else data
         frames = parser.feed(body)
         if frames:
             now = time.monotonic()
@@ -580,9 +625,11 @@ def replay_client(port: int, path: str, last_event_id: int, expected: int, timeo
                 first = now
             for event_id, _event, _data in frames:
                 count += 1
-                if event_id and int(event_id) == expect:
+                key = event_order(event_id)
+                if key is not None and previous is not None and len(key) == len(previous) and (
+                        key[0] == previous[0] + 1 if len(key) == 1 else key > previous):
                     in_order += 1
-                expect = (int(event_id) if event_id else expect) + 1
+                previous = key or previous
             last = now
     sock.close()
     inbox.put(("replayed", 0, {
@@ -595,70 +642,51 @@ def bench_replay(args: argparse.Namespace) -> list[list[str]]:
     run = uuid.uuid4().hex[:8]
     n = args.events
     print(f"\n[replay] one subscriber {n:,} events behind resumes with Last-Event-ID; events inserted "
-          f"first with batch publishes of {args.batch:,}; 2 gevent workers per server", flush=True)
-    ours: dict[str, Any] = {}
-    theirs: dict[str, Any] = {}
+          f"first with batch publishes of {args.batch:,} (Nchan: one event a request, its buffer "
+          f"{args.nchan_buffer or max(NCHAN_BUFFER, n + 1):,} messages); 2 gevent workers for eventlog and Flask-SSE, 1 nginx "
+          f"worker for Nchan", flush=True)
+    results: dict[str, dict[str, Any]] = {}
     with fresh_database(args.keep_db) as database_url:
-        for label, server, ok in servers(args, database_url, 2, args.redis_url, run, "replay"):
+        # Nchan's buffer: the events and the marker published before them.
+        for label, server, ok in servers(args, database_url, 2, args.redis_url, run, "replay", n + 1):
             print(f"  {label} ...", flush=True)
             with server:
-                if label == "eventlog":
-                    ours = _replay_eventlog(args, server, database_url)
-                    print(f"    eventlog: {ours['summary']}", flush=True)
+                if isinstance(server, EventlogServer):
+                    results[label] = _replay_eventlog(args, server, database_url)
+                elif isinstance(server, NchanServer):
+                    results[label] = _replay_nchan(args, server, ok)
                 else:
-                    theirs = _replay_flask_sse(args, server, ok)
-                    print(f"    Flask-SSE: {theirs['summary']}", flush=True)
+                    results[label] = _replay_flask_sse(args, server, ok)
+            print(f"    {label}: {results[label]['summary']}", flush=True)
+    ours = results.get("eventlog") or {}
     rows = [
-        [f"events replayed of {n:,}", f"{ours.get('count', 0):,}" if ours else "-",
-         f"{theirs.get('count', 0):,}" if theirs else "-", ratio(ours.get("count"), theirs.get("count")), ""],
-        ["replay events/s", f"{ours['rate']:,.0f}" if ours.get("rate") else "-",
-         "0 (no replay)" if theirs else "-", ratio(ours.get("rate"), 0.0 if theirs else None),
-         f">= 50,000 ({verdict(ours.get('rate'), 50000)})"],
-        ["time to first event", fmt_ms(ours.get("ttfe")), "never" if theirs else "-", "", ""],
+        row(f"events replayed of {n:,}", results, "count", lambda r: f"{r.get('count', 0):,}"),
+        row("lost (not replayed)", results, "", lambda r: f"{r['lost']:,}" if "lost" in r else "all",
+            target="0"),
+        row("replay events/s", results, "rate", lambda r: f"{r['rate']:,.0f}" if r.get("rate") else "0" if "lost" in r else "0 (no replay)",
+            target=f">= 50,000 ({verdict(ours.get('rate'), 50000)})"),
+        row("time to first event", results, "ttfe", lambda r: fmt_ms(r.get("ttfe")) if r.get("ttfe") else "never",
+            True),
     ]
     print()
     print(table(rows))
     return rows
 
 
-def _replay_eventlog(args: argparse.Namespace, server: Any, database_url: str) -> dict[str, Any]:
-    import concurrent.futures
-
-    n, size = args.events, args.batch
-    body = b"[" + b",".join(
-        b'{"type":"replayed","data":{"i":%d,"sku":"ABC-123","qty":2,"note":"benchmark event"}}' % i
-        for i in range(size)
-    ) + b"]"
-    batches = -(-n // size)
-    path = server.publish_path(STREAM)
-    first_ids: list[int] = []
-
-    def load(share: int) -> tuple[int, int]:
-        publisher, stored, errors = Publisher(server.port, timeout=120), 0, 0
-        for _ in range(share):
-            status, data = publisher.post(path, body)
-            if status == 201:
-                stored += size
-                first_ids.append(json.loads(data)["events"][0]["id"])
-            else:
-                errors += 1
-        publisher.close()
-        return stored, errors
-
-    began = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        loaded = list(pool.map(load, split(batches, 4)))
-    load_s = time.monotonic() - began
-    stored = sum(s for s, _ in loaded)
-    resume_after = min(first_ids) - 1 if first_ids else 0
+def measure_replay(args: argparse.Namespace, server: Any, resume_after: str, stored: int, loaded: str,
+                   database_url: str | None = None) -> dict[str, Any]:
+    """Resume one subscriber after ``resume_after`` and read the ``stored`` events behind it;
+    the figures, with ``loaded`` (how the events were loaded) and the CPU split in the summary.
+    eventlog's workers are profiled when ``--profile`` asks."""
     inbox = Inbox()
     go = SPAWN.Event()
     client = SPAWN.Process(target=replay_client, daemon=True, args=(
         server.port, server.stream_path(STREAM), resume_after, stored, args.timeout, inbox.queue, go))
     client.start()
     inbox.collect("ready", 1, 60)
-    with Profiler(server, args.profile, "replay", max(2.0, stored / 50000)):
-        meter = CpuMeter(server, database_url, [client.pid]).start()
+    profile = args.profile if isinstance(server, EventlogServer) else None
+    with Profiler(server, profile, "replay", max(2.0, stored / 50000)):
+        meter = CpuMeter(server, database_url, [client.pid or 0]).start()
         go.set()
         result = inbox.collect("replayed", 1, args.timeout + 30).get(0)
     cpu = meter.stop()
@@ -669,28 +697,84 @@ def _replay_eventlog(args: argparse.Namespace, server: Any, database_url: str) -
     rate = result["count"] / elapsed if elapsed > 0 else None
     ttfe = result["first"] - result["started"] if result["first"] else None
     summary = (
-        f"loaded {stored:,} events in {load_s:.1f} s ({stored / load_s:,.0f}/s, "
-        f"{sum(e for _, e in loaded)} failed batches); replayed {result['count']:,} "
-        f"({result['in_order']:,} in id order) in {elapsed:.2f} s; first event after {fmt_ms(ttfe)}; "
-        f"client CPU {result['cpu']:.2f} s\n    CPU: {describe_cpu(cpu)}"
+        f"{loaded}; replayed {result['count']:,} ({result['in_order']:,} in id order) in {elapsed:.2f} s; "
+        f"first event after {fmt_ms(ttfe)}; client CPU {result['cpu']:.2f} s\n    CPU: {describe_cpu(cpu)}"
     )
-    return {"count": result["count"], "rate": rate, "ttfe": ttfe, "summary": summary}
+    return {"count": result["count"], "lost": stored - result["count"], "rate": rate, "ttfe": ttfe,
+            "summary": summary}
 
 
-def _replay_flask_sse(args: argparse.Namespace, server: Any, ok: int) -> dict[str, Any]:
+def load_events(server: Any, bodies: list[list[bytes]], ok: Ok) -> tuple[list[bytes], int, float]:
+    """POST each list of ``bodies`` in order over a keep-alive connection of its own, the lists
+    at the same time; the answers to the accepted ones, how many failed, and the seconds taken."""
+    import concurrent.futures
+
+    path = server.publish_path(STREAM)
+
+    def load(share: list[bytes]) -> tuple[list[bytes], int]:
+        publisher, answers, errors = Publisher(server.port, timeout=120), [], 0
+        for body in share:
+            status, answer = publisher.post(path, body)
+            if accepted(status, ok):
+                answers.append(answer)
+            else:
+                errors += 1
+        publisher.close()
+        return answers, errors
+
+    began = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+        loaded = list(pool.map(load, bodies))
+    return [a for answers, _ in loaded for a in answers], sum(e for _, e in loaded), time.monotonic() - began
+
+
+REPLAYED = b'{"type":"replayed","data":{"i":%d,"sku":"ABC-123","qty":2,"note":"benchmark event"}}'
+
+
+def _replay_eventlog(args: argparse.Namespace, server: Any, database_url: str) -> dict[str, Any]:
+    size = args.batch
+    body = b"[" + b",".join(REPLAYED % i for i in range(size)) + b"]"
+    answers, errors, load_s = load_events(server, [[body] * share for share in split(-(-args.events // size), 4)],
+                                          201)
+    stored = len(answers) * size
+    resume_after = min(json.loads(a)["events"][0]["id"] for a in answers) - 1 if answers else 0
+    return measure_replay(args, server, str(resume_after), stored,
+                          f"loaded {stored:,} events in {load_s:.1f} s ({stored / load_s:,.0f}/s, "
+                          f"{errors} failed batches)", database_url)
+
+
+def _replay_nchan(args: argparse.Namespace, server: NchanServer, ok: Ok) -> dict[str, Any]:
+    """Nchan replays what its buffer still holds: publish a marker, then ``args.events`` events
+    one a request from 4 keep-alive connections, then resume after the marker's id."""
+    marker = Publisher(server.port)
+    status, answer = marker.post(server.publish_path(STREAM), event_body("marker", {}))
+    marker.close()
+    if not accepted(status, ok):
+        return {"summary": f"the marker's publish failed with HTTP {status}"}
+    # The publisher answers with the channel's state, ending "last message id: <id>".
+    resume_after = answer.decode().rsplit("last message id:", 1)[1].strip()
+    answers, errors, load_s = load_events(
+        server, [[REPLAYED % i for i in range(j, args.events, 4)] for j in range(4)], ok)
+    stored = len(answers)
+    return measure_replay(args, server, resume_after, stored,
+                          f"published {stored:,} events in {load_s:.1f} s ({stored / load_s:,.0f}/s, "
+                          f"{errors} failed) into a buffer of {server.buffer:,}")
+
+
+def _replay_flask_sse(args: argparse.Namespace, server: Any, ok: Ok) -> dict[str, Any]:
     # Flask-SSE keeps nothing: events published before a subscriber connects are gone.
     # Check it with a few hundred, then listen with Last-Event-ID for a few seconds.
     published = 0
     publisher = Publisher(server.port)
     for i in range(args.flask_sse_check):
         status, _ = publisher.post(server.publish_path(STREAM), event_body("replayed", {"i": i}))
-        published += status == ok
+        published += accepted(status, ok)
     publisher.close()
     inbox = Inbox()
     go = SPAWN.Event()
     go.set()
     client = SPAWN.Process(target=replay_client, daemon=True, args=(
-        server.port, server.stream_path(STREAM), 1, published, args.listen, inbox.queue, go))
+        server.port, server.stream_path(STREAM), "1", published, args.listen, inbox.queue, go))
     client.start()
     inbox.collect("ready", 1, 60)
     result = inbox.collect("replayed", 1, args.listen + 30).get(0) or {"count": 0}
@@ -711,7 +795,8 @@ class Subscriber:
         self.seen = bytearray(total)
         self.unique = self.dupes = self.out_of_order = 0
         self.last_id = ""  # of the last dispatched event, as EventSource keeps it
-        self.newest_id = 0  # the highest numeric id delivered (eventlog's ids are ordered)
+        # The highest id delivered, as event_order reads it (eventlog's and Nchan's ids are ordered).
+        self.newest_id: tuple[int, ...] = ()
         self.pinged = False
         self.reconnects = self.failed_connects = 0
         self.conn: ReconnectConnection | None = None
@@ -731,17 +816,22 @@ class ReconnectConnection(SseConnection):
             if message.event == "ping":
                 owner.pinged = True
                 continue
-            if message.event != "tick":
+            event, payload = message.event, json.loads(message.data)
+            if event == "message" and isinstance(payload, dict) and "type" in payload:
+                # Nchan delivers the POSTed body as it came, with no event type.
+                event, payload = payload["type"], payload["data"]
+            if event != "tick":
                 continue
             owner.last_id = message.id
-            seq = json.loads(message.data)["seq"]
+            seq = payload["seq"]
             if owner.seen[seq]:
                 owner.dupes += 1
                 continue
-            if message.id.isdigit():  # Flask-SSE sends no ids: order is not checked there
-                if int(message.id) < owner.newest_id:
+            order = event_order(message.id)
+            if order is not None:  # Flask-SSE sends no ids: order is not checked there
+                if order < owner.newest_id:
                     owner.out_of_order += 1
-                owner.newest_id = max(owner.newest_id, int(message.id))
+                owner.newest_id = max(owner.newest_id, order)
             owner.seen[seq] = 1
             owner.unique += 1
 
@@ -820,40 +910,39 @@ def bench_reconnect(args: argparse.Namespace) -> list[list[str]]:
     window = args.events / args.rate
     print(f"\n[reconnect] {args.subscribers} subscribers each drop their connection {args.drops} times "
           f"(reconnecting after {args.reconnect_delay:g} s with Last-Event-ID) while {args.events:,} "
-          f"events are published at {args.rate:g}/s; 2 gevent workers per server", flush=True)
+          f"events are published at {args.rate:g}/s; 2 gevent workers for eventlog and Flask-SSE, 1 nginx "
+          f"worker for Nchan", flush=True)
     rng = random.Random(args.seed)
     plans = [drop_plan(rng, args.drops, window, args.reconnect_delay) for _ in range(args.subscribers)]
     with fresh_database(args.keep_db) as database_url:
         results = run_each(
-            servers(args, database_url, 2, args.redis_url, run, "reconnect"),
+            servers(args, database_url, 2, args.redis_url, run, "reconnect", args.events),
             lambda label, server, ok: _reconnect_one(args, label, server, ok, plans),
         )
-    ours, theirs = results.get("eventlog", {}), results.get("Flask-SSE", {})
-    expected = args.events * args.subscribers
+    ours = results.get("eventlog") or {}
     rows = [
-        [f"missing of {expected:,}", f"{ours['missing']:,}" if ours else "-",
-         f"{theirs['missing']:,}" if theirs else "-", "", f"0 ({verdict(ours.get('missing'), 0, True)})"],
-        ["duplicates", f"{ours['dupes']:,}" if ours else "-", f"{theirs['dupes']:,}" if theirs else "-",
-         "", f"0 ({verdict(ours.get('dupes'), 0, True)})"],
-        ["out of id order", f"{ours['out_of_order']:,}" if ours else "-",
-         "n/a (no ids)" if theirs else "-", "", "0"],
+        row(f"missing of {args.events * args.subscribers:,}", results, "", lambda r: f"{r['missing']:,}",
+            target=f"0 ({verdict(ours.get('missing'), 0, True)})"),
+        row("duplicates", results, "", lambda r: f"{r['dupes']:,}",
+            target=f"0 ({verdict(ours.get('dupes'), 0, True)})"),
+        row("out of id order", results, "", lambda r: f"{r['out_of_order']:,}" if r["ids"] else "n/a (no ids)",
+            target="0"),
     ]
     print()
     print(table(rows))
     return rows
 
 
-def _reconnect_one(args: argparse.Namespace, label: str, server: Any, ok: int,
+def _reconnect_one(args: argparse.Namespace, label: str, server: Any, ok: Ok,
                    plans: list[list[float]]) -> dict[str, Any]:
     inbox = Inbox()
     go, stop = SPAWN.Event(), SPAWN.Event()
     go_at = SPAWN.Value("d", 0.0)
-    is_flask_sse = label != "eventlog"
     per_client = split(args.subscribers, args.clients)
     offsets, procs = 0, []
     for i, count in enumerate(per_client):
         proc = SPAWN.Process(target=reconnect_client, daemon=True, args=(
-            i, count, server.port, server.stream_path(STREAM), args.events, is_flask_sse,
+            i, count, server.port, server.stream_path(STREAM), args.events, not server.ready_at_first_bytes,
             plans[offsets:offsets + count], args.reconnect_delay, args.settle,
             args.events / args.rate + args.grace + 60, inbox.queue, go, go_at, stop))
         offsets += count
@@ -861,7 +950,7 @@ def _reconnect_one(args: argparse.Namespace, label: str, server: Any, ok: int,
         proc.start()
     publisher = None
     try:
-        ready = wait_ready(inbox, len(procs), server, is_flask_sse, ok, args.settle)
+        ready = wait_ready(inbox, len(procs), server, ok, args.settle)
         time.sleep(0.5)
         start_at = time.monotonic() + 0.5
         go_at.value = start_at
@@ -890,16 +979,21 @@ def _reconnect_one(args: argparse.Namespace, label: str, server: Any, ok: int,
         f"{args.events * args.subscribers:,}"
     )
     return {"missing": args.events * args.subscribers - received, "dupes": total("dupes"),
-            "out_of_order": total("out_of_order"), "summary": summary}
+            "out_of_order": total("out_of_order"), "ids": not isinstance(server, FlaskSseServer),
+            "summary": summary}
 
 
 # --- command line -------------------------------------------------------------------------------------
 
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="smoke run: small sizes, short windows")
-    p.add_argument("--redis-url", default=REDIS_URL, help=f"Redis for both servers (default {REDIS_URL}; "
+    p.add_argument("--redis-url", default=REDIS_URL, help=f"Redis for eventlog and Flask-SSE (default {REDIS_URL}; "
                    "idle always starts a private redis-server)")
-    p.add_argument("--skip-flask-sse", action="store_true", help="measure eventlog only")
+    p.add_argument("--skip-flask-sse", action="store_true", help="do not measure Flask-SSE")
+    p.add_argument("--skip-nchan", action="store_true", help="do not measure Nchan")
+    p.add_argument("--nchan-buffer", type=int, metavar="N",
+                   help="Nchan's nchan_message_buffer_length (default: 100,000, or what the scenario "
+                        "publishes when more; smaller shows what it loses)")
     p.add_argument("--profile", type=Path, metavar="DIR",
                    help="record py-spy profiles of eventlog's workers in the measured part into DIR")
     p.add_argument("--logs", type=Path, metavar="DIR", help="keep the servers' logs in DIR")
@@ -920,7 +1014,8 @@ def add_idle(p: argparse.ArgumentParser) -> None:
 
 
 def add_fanout(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--subscribers", type=int, default=1000, help="subscribers (default 1000)")
+    p.add_argument("--subscribers", type=int, nargs="+", default=[200, 2000],
+                   help="subscribers, one run per number given (default 200 2000)")
     p.add_argument("--fanout-clients", dest="clients", type=int, default=4, help="client processes (default 4)")
     p.add_argument("--rate", type=float, default=100.0, help="events per second (default 100)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of publishing (default 10)")
@@ -952,7 +1047,7 @@ def add_reconnect(p: argparse.ArgumentParser) -> None:
 
 QUICK = {
     "idle": {"connections": 1000, "settle": 20.0, "timeout": 10.0},
-    "fanout": {"subscribers": 100, "duration": 3.0, "grace": 5.0, "settle": 20.0},
+    "fanout": {"subscribers": [100], "duration": 3.0, "grace": 5.0, "settle": 20.0},
     "replay": {"events": 10000, "flask_sse_check": 50, "listen": 1.5, "timeout": 30.0},
     "reconnect": {"subscribers": 10, "events": 400, "grace": 5.0, "settle": 20.0},
 }
@@ -964,7 +1059,7 @@ def main() -> None:
     adders = {"idle": add_idle, "fanout": add_fanout, "replay": add_replay, "reconnect": add_reconnect}
     helps = {
         "idle": "10,000 idle connections on one process: RSS and time to reach them all",
-        "fanout": "1,000 subscribers, 100 events/s: latency p50/p99 and missing events",
+        "fanout": "200, then 2,000 subscribers, 100 events/s: latency p50/p99 and missing events",
         "replay": "a subscriber 100,000 events behind: replay events/s",
         "reconnect": "50 subscribers dropping 3 times each: missing and duplicate events",
     }
