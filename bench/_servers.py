@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import resource
 import shutil
 import signal
@@ -682,3 +683,22 @@ def verdict(value: float | None, target: float, lower_is_better: bool = False) -
         return "n/a"
     ok = value <= target if lower_is_better else value >= target
     return "met" if ok else "MISSED"
+
+
+def pgbench_tps(seconds: float) -> float:
+    """PostgreSQL's own rate of one-row INSERTs from 8 clients, on this machine right now: the
+    reference a single publish (one row and the counter, over HTTP) is read against."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    with fresh_database() as database_url, tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
+        url = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE pgbench_reference (id bigserial PRIMARY KEY, data text)")
+        script.write("INSERT INTO pgbench_reference (data) VALUES "
+                     """('{"type":"order-created","data":{"sku":"ABC-123","qty":2}}');\n""")
+        script.flush()
+        out = subprocess.run(["pgbench", "-n", "-c", "8", "-j", "2", "-T", str(int(seconds)), "-f",
+                              script.name, url], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"tps = ([\d.]+)", out)
+    return float(found.group(1)) if found else 0.0

@@ -42,7 +42,7 @@ from typing import Any
 
 import publish
 import streams
-from _servers import REDIS_URL, EventlogServer, describe_cpu, fresh_database, machine_cpu, table
+from _servers import REDIS_URL, EventlogServer, describe_cpu, fresh_database, machine_cpu, pgbench_tps, table
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = "this checkout"
@@ -110,25 +110,6 @@ def measure(name: str, args: argparse.Namespace, env: dict[str, str], client: Pa
                     "missing": result["missing"], "dupes": result["dupes"], "cpu": None}
         result = streams._replay_eventlog(args, server, database_url)
         return {"events/s": result.get("rate") or 0.0, "cpu": None}
-
-
-def pgbench_tps(seconds: float) -> float:
-    """PostgreSQL's own rate of one-row INSERTs from 8 clients, on this machine right now: the
-    reference a single publish (one row and the counter, over HTTP) is read against."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    with fresh_database() as database_url, tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
-        url = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE pgbench_reference (id bigserial PRIMARY KEY, data text)")
-        script.write("INSERT INTO pgbench_reference (data) VALUES "
-                     """('{"type":"order-created","data":{"sku":"ABC-123","qty":2}}');\n""")
-        script.flush()
-        out = subprocess.run(["pgbench", "-n", "-c", "8", "-j", "2", "-T", str(int(seconds)), "-f",
-                              script.name, url], capture_output=True, text=True, check=True).stdout
-    found = re.search(r"tps = ([\d.]+)", out)
-    return float(found.group(1)) if found else 0.0
 
 
 def ratio(key: str, ours: float, theirs: float) -> float:

@@ -43,6 +43,7 @@ from _servers import (
     Profiler,
     describe_cpu,
     env_pairs,
+    pgbench_tps,
     fresh_database,
     ratio,
     table,
@@ -228,6 +229,10 @@ def main() -> None:
         with nchan:
             print("  Nchan single ...", flush=True)
             results["nchan"] = run_phase(nchan, "single", args, frozenset({201, 202}), None)
+    reference = None
+    if "single" in phases:
+        print("  pgbench one-row INSERTs (reference) ...", flush=True)
+        reference = pgbench_tps(args.duration)
 
     single, batch, theirs, nchan_ = results["single"], results["batch"], results["flask-sse"], results["nchan"]
 
@@ -255,6 +260,9 @@ def main() -> None:
     print(f"  Flask-SSE single: {describe(theirs)}")
     print(f"  Nchan single    : {describe(nchan_)}")
     print(f"  no-op Flask POST: {describe(results['noop'])}")
+    if reference:
+        print(f"  pgbench, 8 clients, one-row INSERT: {reference:,.0f} tps in this run; single"
+              f" publishes at {100 * (rate(single) or 0) / reference:.0f} % of it")
     print("  (no-op: the same gunicorn + Flask answering without any work; no app publishes faster"
           " than this on this machine right now)")
     print("  (Flask-SSE stores nothing: its publish is one Redis PUBLISH on a new Redis connection;"
