@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -89,10 +90,12 @@ class RedisNotifier(LocalNotifier):
         self.max_retry_seconds = max_retry_seconds
         self._failed_subscribes = 0
         self._failed_publishes = 0
-        # How long the sender waits after a first announcement for more to share its PUBLISH.
+        # The least time between two PUBLISHes: what is announced meanwhile shares the next.
         # Each PUBLISH cost the publishing worker half as much CPU as storing its batch did;
-        # other processes hear of events a few milliseconds later (this one at once).
+        # while it publishes often, other processes hear of events up to this much later
+        # (this one at once). After a quiet spell the first announcement goes out at once.
         self.gather_seconds = gather_seconds
+        self._sent_at = -math.inf  # time.monotonic() of the last PUBLISH
         self._client = redis.Redis.from_url(
             url, socket_connect_timeout=1.0, socket_timeout=1.0, health_check_interval=10
         )
@@ -108,7 +111,8 @@ class RedisNotifier(LocalNotifier):
     def announce(self, first_id: int, last_id: int) -> None:
         """Ring the local hub now; PUBLISH from a background sender, off the caller's path.
 
-        Announcements made within ``gather_seconds`` of each other, or while the sender is
+        The first announcement after ``gather_seconds`` without a PUBLISH goes out at once;
+        those that follow within ``gather_seconds`` of that PUBLISH, or while the sender is
         busy, go out as one message covering all their ids: a doorbell only needs the newest id.
         """
         super().announce(first_id, last_id)
@@ -135,7 +139,10 @@ class RedisNotifier(LocalNotifier):
         while True:
             if not self._closed:
                 self._wake.wait()
-                time.sleep(self.gather_seconds)
+                # Coalesce only while busy: an idle sender publishes at once.
+                pause = self._sent_at + self.gather_seconds - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
             self._wake.clear()
             with self._lock:
                 unsent, self._unsent = self._unsent, None
@@ -146,6 +153,7 @@ class RedisNotifier(LocalNotifier):
             if time.monotonic() < self._publish_paused_until:
                 continue  # Redis failed a moment ago; the other hubs' periodic reads cover it
             try:
+                self._sent_at = time.monotonic()
                 self._client.publish(self.channel, json.dumps({"first": unsent[0], "last": unsent[1]}))
                 self._failed_publishes = 0
             except redis.RedisError as error:
