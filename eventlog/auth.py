@@ -19,6 +19,9 @@ with a shared secret; with a public key only what that key type signs (RS256 for
 ES256 for P-256, EdDSA for Ed25519/Ed448). So no ``none``, and no token whose header says
 HS256 is checked against a public key's text as if it were a secret. Every token must
 carry ``exp``: an open stream ends then.
+
+PyJWT and cryptography (some 9 MB) are imported by the methods that use them: without a key,
+no process of the server loads them.
 """
 
 from __future__ import annotations
@@ -28,10 +31,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from .config import Settings, key_of
 from .errors import ConfigError, Forbidden, InvalidRequest, Unauthorized
@@ -115,6 +114,8 @@ class TokenAuth:
 
     def verify(self, token: str) -> Rights:
         """The rights of a valid token; Unauthorized for anything else."""
+        import jwt
+
         try:
             claims = jwt.decode(
                 token,
@@ -146,6 +147,8 @@ class TokenAuth:
         subject: str | None = None,
     ) -> str:
         """A token granting ``publish`` and ``subscribe`` for ``ttl`` seconds."""
+        import jwt
+
         if not self.can_mint:
             raise ConfigError(
                 f"{key_of('jwt_public_key')} can only verify tokens; mint them where the"
@@ -192,6 +195,8 @@ def _rights(claim: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def _load_public_key(path: str) -> Any:
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     setting = key_of("jwt_public_key")
     try:
         pem = Path(path).read_bytes()
@@ -205,6 +210,8 @@ def _load_public_key(path: str) -> Any:
 
 def _algorithms_of(key: Any) -> list[str]:
     """The one algorithm a public key of this type verifies."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
     if isinstance(key, rsa.RSAPublicKey):
         return ["RS256"]
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):

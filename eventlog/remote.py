@@ -7,7 +7,6 @@ from typing import Any, TypeVar
 
 import click
 
-from .client import Client
 from .events import EventFilter
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -26,6 +25,8 @@ def url_option(command: F) -> F:
 
 def publish(url: str, token: str | None, stream: str, value: Any, type: str) -> str:
     """Publish through the server at ``url``; the stored event as JSON."""
+    from .client import Client  # httpx only for --url (``client/__init__.py``)
+
     with Client(url, token=token) as client:
         return client.publish(stream, value, type=type).to_json()
 
@@ -34,6 +35,8 @@ def events(
     url: str, token: str | None, where: EventFilter, newest_first: bool, limit: int | None
 ) -> Iterator[str]:
     """The events the server at ``url`` holds that match ``where``, as JSON lines."""
+    from .client import Client  # httpx only for --url (``client/__init__.py``)
+
     with Client(url, token=token) as client:
         found = client.query(
             list(where.streams), types=where.types, after=where.after, before=where.before,

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .client import Client, ClientError, Event, FilePosition, Reset
+from .client import ClientError, Event, Reset
 from .remote import DEFAULT_URL
 
 STYLES: dict[str, dict[str, Any]] = {"time": {"dim": True}, "stream": {"fg": "cyan"}, "id": {"fg": "yellow"}, "type": {"fg": "green"}}
@@ -38,6 +38,8 @@ def tail(
     to start. Reconnects and resumes by itself; Ctrl-C stops it."""
     if sum((after is not None, from_start, last is not None)) > 1:
         raise click.UsageError("give at most one of --after, --from-start and --last")
+    from .client import Client, FilePosition  # httpx only when it runs (``client/__init__.py``)
+
     position = None if position_file is None else FilePosition(position_file)
     try:
         with Client(url, token=token) as client:

@@ -8,29 +8,44 @@ consumer's own SQL database, committed with its work, are in ``eventlog.client.p
 
 from __future__ import annotations
 
-from ._async import AsyncClient
-from ._errors import (
-    ClientError,
-    Forbidden,
-    IdempotencyConflict,
-    InvalidRequest,
-    NotFound,
-    PayloadTooLarge,
-    PositionConflict,
-    ProblemError,
-    OutOfSpace,
-    QueryTooLong,
-    ResetError,
-    SchemaNotMigrated,
-    ServiceUnavailable,
-    StatementTimeout,
-    TransportError,
-    Unauthorized,
-    UnsupportedMediaType,
-)
-from ._file_position import FilePosition
-from ._models import Event, Reset
-from ._sync import Client
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._async import AsyncClient
+    from ._errors import (
+        ClientError,
+        Forbidden,
+        IdempotencyConflict,
+        InvalidRequest,
+        NotFound,
+        PayloadTooLarge,
+        PositionConflict,
+        ProblemError,
+        OutOfSpace,
+        QueryTooLong,
+        ResetError,
+        SchemaNotMigrated,
+        ServiceUnavailable,
+        StatementTimeout,
+        TransportError,
+        Unauthorized,
+        UnsupportedMediaType,
+    )
+    from ._file_position import FilePosition
+    from ._models import Event, Reset
+    from ._sync import Client
+
+# Names are imported when first used (PEP 562): the server's command line needs the errors
+# (``_errors``) at start, and httpx (with what it brings, some 18 MB) only for --url, which
+# every worker the server forks would otherwise carry.
+_MODULES = {
+    "AsyncClient": "_async",
+    "Client": "_sync",
+    "Event": "_models",
+    "FilePosition": "_file_position",
+    "Reset": "_models",
+}
 
 __all__ = [
     "AsyncClient",
@@ -56,3 +71,11 @@ __all__ = [
     "Unauthorized",
     "UnsupportedMediaType",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_MODULES.get(name, '_errors')}", __name__), name)
+    globals()[name] = value  # once: later lookups do not come back here
+    return value
