@@ -24,7 +24,7 @@
     replica_lag_seconds{replica}      how far a read replica is behind the primary at the last
                                       check (the age of the oldest event it lacks); -1 unknown
     replica_in_use{replica}           1 while reads may go to the replica, 0 while it is left out
-    replica_reads_total{source}       snapshot reads (replay and audit pages, exports) by where
+    replica_reads_total{source}       reads of replay and audit pages and exports by where
                                       they ran: a replica's name, or primary
 
 All names carry the ``eventlog_`` prefix. Counters move once per batch, never per event per

@@ -40,7 +40,7 @@ from .database import classify
 from .errors import StatementTimeout
 from .models import Counter, Event, Timeline
 from .engines.common import COUNTER_ROW
-from .store import head, snapshot
+from .store import head, snapshot, statement_reads
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,9 @@ class Replicas:
     def _measure(self, replica: Replica) -> ReplicaState:
         newest_id = select(Counter.last_id).where(Counter.id == COUNTER_ROW).scalar_subquery()
         try:
-            with replica.engine.connect() as conn:
+            # One statement in no transaction: a check held up by its process never leaves
+            # a session idle in a transaction, which the server would end (a false "unreachable").
+            with statement_reads(replica.engine) as conn:
                 standby, newest, timeline = conn.execute(
                     select(func.pg_is_in_recovery(), newest_id, _LATEST_TIMELINE)
                 ).one()
@@ -153,7 +155,7 @@ class Replicas:
             .limit(1)
             .scalar_subquery()
         )
-        with self.primary.connect() as conn:
+        with statement_reads(self.primary) as conn:
             age, timeline = conn.execute(select(oldest_missing, _LATEST_TIMELINE)).one()
         return (0.0 if age is None else max(0.0, float(age))), timeline
 
@@ -184,16 +186,20 @@ class Replicas:
         """Each replica's name and what the last check found."""
         return {replica.name: replica.status for replica in self.replicas}
 
-    def read(self, need: int, read: Callable[[Connection], T]) -> T:
+    def read(self, need: int, read: Callable[[Connection], T], *, statement: bool = False) -> T:
         """``read`` on one snapshot that holds every event up to id ``need``: a replica in
         use that has reached it (waited for up to ``WAIT_SECONDS``), else the primary.
 
-        A replica that fails is left out and the read runs on the primary; the primary's
-        errors are the caller's, as for any read.
+        ``statement``: ``read`` is one statement (a pager's page), which sees one moment by
+        itself: it runs in no transaction (``store.statement_reads``), after its session found
+        the head at or past ``need``; a server's committed state only moves forward, so the
+        statement sees at least that much. A replica that fails is left out and the read runs
+        on the primary; the primary's errors are the caller's, as for any read.
         """
+        connect = statement_reads if statement else snapshot
         for replica, wait in self._candidates(need):
             try:
-                outcome = self._read_on(replica, need, read, wait=wait)
+                outcome = self._read_on(replica, need, read, connect, wait=wait)
             except DBAPIError as error:
                 if classify(replica.engine, error) is StatementTimeout:
                     raise  # the caller's own time limit: the primary would take as long
@@ -206,7 +212,7 @@ class Replicas:
                 self._metrics.replica_reads.labels(replica.name).inc()
                 return outcome[0]
         self._metrics.replica_reads.labels("primary").inc()
-        with snapshot(self.primary) as conn:
+        with connect(self.primary) as conn:
             return read(conn)
 
     def _candidates(self, need: int) -> list[tuple[Replica, bool]]:
@@ -223,16 +229,23 @@ class Replicas:
         return []
 
     def _read_on(
-        self, replica: Replica, need: int, read: Callable[[Connection], T], *, wait: bool
+        self,
+        replica: Replica,
+        need: int,
+        read: Callable[[Connection], T],
+        connect: Callable[[Engine], Connection],
+        *,
+        wait: bool,
     ) -> tuple[T] | None:
-        """``(result,)`` of ``read`` on ``replica`` if its snapshot reaches ``need`` (with
-        ``wait``, once it does, within ``WAIT_SECONDS``); else None."""
+        """``(result,)`` of ``read`` on a ``connect`` connection of ``replica`` if its head
+        there reaches ``need`` (with ``wait``, once it does, within ``WAIT_SECONDS``); else
+        None."""
         deadline = time.monotonic() + (WAIT_SECONDS if wait else 0)
         while True:
-            with snapshot(replica.engine) as conn:
-                # The head is read in the snapshot the read then uses: what it finds missing
-                # up to ``need`` is missing on the primary too (or was pruned, which the
-                # snapshot's pruned_streams tells).
+            with connect(replica.engine) as conn:
+                # The head is read on the session the read then uses (in its snapshot, or
+                # before its one statement): what the read finds missing up to ``need`` is
+                # missing on the primary too (or was pruned, which pruned_streams tells).
                 newest = head(conn)
                 if newest > (replica.status.head or 0):  # later reads need not wait for it
                     replica.status = dataclasses.replace(replica.status, head=newest)
@@ -250,11 +263,12 @@ class Replicas:
 
 @dataclass(frozen=True, slots=True)
 class AtLeast:
-    """The reads of one reader that must see every event up to ``floor`` (a replay that
-    meets the live buffer there), whatever ``after`` each page starts from."""
+    """The pages of one reader (``store.pages``, a statement each) that must see every event
+    up to ``floor`` (a replay that meets the live buffer there), whatever ``after`` each page
+    starts from."""
 
     replicas: Replicas
     floor: int = 0
 
     def read(self, need: int, read: Callable[[Connection], T]) -> T:
-        return self.replicas.read(max(need, self.floor), read)
+        return self.replicas.read(max(need, self.floor), read, statement=True)

@@ -19,9 +19,12 @@ from sqlalchemy import (
     Connection,
     Engine,
     Select,
+    CompoundSelect,
     and_,
     func,
     literal,
+    literal_column,
+    null,
     or_,
     select,
     union_all,
@@ -168,7 +171,7 @@ class Page:
     """Events read in one go; ``more`` says whether further events may match.
 
     ``pruned``, when asked for, holds per stream of the filter the highest id retention
-    deleted, where that lies inside the page's range (read in the same snapshot as the
+    deleted, where that lies inside the page's range (read in the same statement as the
     events): events of those streams in the range may be missing because they were pruned.
     """
 
@@ -195,23 +198,28 @@ def read_page(
 
     With ``max_bytes`` the page also stops at the event that takes its data past that many
     characters (always holding at least one event), counted in SQL: a page of large events
-    never reaches this process whole. ``with_pruned`` adds ``Page.pruned``; read it on a
-    :func:`snapshot` connection, so it agrees with the events.
+    never reaches this process whole. ``with_pruned`` adds ``Page.pruned``, read in the same
+    statement as the events, so the two agree on any connection (a statement sees one moment
+    of the log on every engine).
     """
-    page = _read_events(conn, where, limit=limit, newest_first=newest_first, max_bytes=max_bytes)
+    query = _events_query(conn, where, limit=limit, newest_first=newest_first, max_bytes=max_bytes)
     if not with_pruned:
-        return page
-    # The page's range ends below at ``after``, or, going newest first, at its last event
-    # when more follow (what was pruned below that belongs to later pages).
-    lowest = where.after or 0
+        return _page(conn.execute(query).all(), limit, max_bytes)
+    rows, pruned = _with_pruned(conn, query, where.streams, where.after or 0, newest_first)
+    page = _page(rows, limit, max_bytes)
     if newest_first and page.more and page.events:
+        # Going newest first, the page's range ends below at its last event when more
+        # follow: what was pruned below that belongs to later pages.
         lowest = page.events[-1].id
-    return Page(page.events, page.more, pruned_above(conn, where.streams, lowest))
+        pruned = {stream: bound for stream, bound in pruned.items() if bound > lowest}
+    return Page(page.events, page.more, pruned)
 
 
-def _read_events(
+def _events_query(
     conn: Connection, where: EventFilter, *, limit: int, newest_first: bool, max_bytes: int | None
-) -> Page:
+) -> Select[Any]:
+    """The page's statement: its rows are the events (``_COLUMNS``, first), plus ``through``
+    (the data's size up to and with the row) with ``max_bytes``."""
     order = Event.id.desc() if newest_first else Event.id
     matching = (
         select(Event.id, Event.stream, Event.type, Event.data, Event.time)
@@ -221,20 +229,24 @@ def _read_events(
         .subquery()
     )
     if max_bytes is None:
-        rows = conn.execute(select(matching).order_by(_keyset(matching, newest_first))).all()
-        return Page([_stored(row) for row in rows[:limit]], more=len(rows) > limit)
+        return select(matching).order_by(_keyset(matching, newest_first))
     size = backend_of(conn).data_size(matching.c.data)
     counted = select(
         matching,
         func.sum(size).over(order_by=_keyset(matching, newest_first)).label("through"),
         size.label("size"),
     ).subquery()
-    stmt = (
+    return (
         select(*(counted.c[name] for name in _COLUMNS), counted.c.through)
         .where(counted.c.through - counted.c.size < max_bytes)
         .order_by(_keyset(counted, newest_first))
     )
-    rows = conn.execute(stmt).all()
+
+
+def _page(rows: Sequence[Any], limit: int, max_bytes: int | None) -> Page:
+    """The page of ``_events_query``'s rows."""
+    if max_bytes is None:
+        return Page([_stored(row) for row in rows[:limit]], more=len(rows) > limit)
     # Past the byte bound, the first row left out starts where the last one kept ends: when
     # that is at the bound, more may follow (or none: the next page then finds nothing).
     # Counting the rows instead (count() over the whole) cost the database a sixth of the page.
@@ -242,9 +254,34 @@ def _read_events(
     return Page([_stored(row) for row in rows[:limit]], more=len(rows) > limit or cut)
 
 
+def _with_pruned(
+    conn: Connection, query: Select[Any], streams: Sequence[str], after: int, newest_first: bool
+) -> tuple[Sequence[Any], dict[str, int]]:
+    """The rows of ``query`` (a page) and ``pruned_above(streams, after)``, in one statement.
+
+    One statement needs no snapshot held across statements: a reader held up between two of
+    them (a worker busy elsewhere) would keep a transaction idle meanwhile, which
+    ``idle_in_transaction_session_timeout`` ends. Each bound comes as a row after the
+    events, its id the bound and ``bound`` set; ``bound`` is the last column, so the events'
+    own stay where ``_stored`` reads them.
+    """
+    page = query.subquery()
+    bounds = _pruned_query(streams, after).subquery()
+    extra = [null()] * (len(page.c) - 2)  # the columns past id and stream
+    both = union_all(
+        select(*page.c, literal_column("0").label("bound")),
+        select(bounds.c.pruned_through, bounds.c.stream, *extra, literal_column("1")),
+    ).subquery()
+    rows = conn.execute(select(both).order_by(both.c.bound, _keyset(both, newest_first))).all()
+    events = len(rows)
+    while events and rows[events - 1].bound:
+        events -= 1
+    return rows[:events], {row.stream: int(row.id) for row in rows[events:]}
+
+
 class Source(Protocol):
     """Where a pager may read besides the primary's engine (``replicas.AtLeast``): it runs
-    ``read`` on a snapshot that holds every event up to id ``need``."""
+    ``read``, one statement, where it sees every event up to id ``need``."""
 
     def read(self, need: int, read: Callable[[Connection], T]) -> T: ...
 
@@ -263,9 +300,10 @@ def pages(
 
     The one pager: the hub, a stream's replay and the CLI read through it. Each page
     borrows a connection only while it is read, so a consumer that waits between pages
-    (a slow client, a paused fan-out) holds none. Pages come with events, except, with
-    ``with_pruned``, a last empty one that says what was pruned past the previous page.
-    A ``Source`` reads each page on a snapshot that has every event up to its ``after``.
+    (a slow client, a paused fan-out) holds none, and each page is one statement in no
+    transaction (``statement_reads``). Pages come with events, except, with ``with_pruned``, a
+    last empty one that says what was pruned past the previous page. A ``Source`` reads each
+    page where every event up to its ``after`` is.
     """
     while True:
         read = partial(
@@ -277,7 +315,7 @@ def pages(
             with_pruned=with_pruned,
         )
         if isinstance(engine, Engine):
-            with snapshot(engine) if with_pruned else engine.connect() as conn:
+            with statement_reads(engine) as conn:
                 page = read(conn)
         else:
             page = engine.read(where.after or 0, read)
@@ -293,6 +331,14 @@ def count_events(conn: Connection, where: EventFilter) -> int:
     return int(conn.execute(select(func.count()).select_from(Event).where(*_conditions(where))).scalar_one())
 
 
+def statement_reads(engine: Engine) -> Connection:
+    """A connection for reads that are one statement each (a statement sees one moment of the
+    log by itself), run in no transaction where the driver would open one with a round trip of
+    its own before them (the engine's ``outside_transaction``): a reader held up by its worker
+    then holds no transaction open on the server meanwhile."""
+    return backend_of(engine).outside_transaction(engine.connect())
+
+
 def snapshot(engine: Engine) -> Connection:
     """A connection whose reads all see one moment of the log, until it is closed.
 
@@ -306,19 +352,24 @@ def pruned_above(conn: Connection, streams: Sequence[str], after: int) -> dict[s
     """Per stream of ``streams`` (every stream if empty), the highest id pruned, where
     that is above ``after``: events of that stream after ``after`` were deleted; under
     ``EVERY_STREAM``, the highest id a failover lost, where that is above ``after``."""
+    return {row.stream: int(row.pruned_through) for row in conn.execute(_pruned_query(streams, after))}
+
+
+def _pruned_query(streams: Sequence[str], after: int) -> CompoundSelect[Any]:
+    """``pruned_above``'s statement: rows of ``stream`` and ``pruned_through``."""
     query = select(PrunedStream.stream, PrunedStream.pruned_through).where(
         PrunedStream.pruned_through > after
     )
     if streams:
         query = query.where(stream_condition(PrunedStream.stream, streams))
     # What a failover lost is missing from every stream (``timelines.py``); in the same
-    # statement, so a snapshot's page still costs two.
+    # statement, which a page's own takes in (``_with_pruned``).
     lost = (
         select(literal(EVERY_STREAM).label("stream"), func.max(Timeline.lost_through))
         .where(Timeline.lost_through > Timeline.previous_head, Timeline.lost_through > after)
         .having(func.max(Timeline.lost_through).is_not(None))
     )
-    return {row.stream: int(row.pruned_through) for row in conn.execute(union_all(query, lost))}
+    return union_all(query, lost)
 
 
 def oldest(conn: Connection, streams: Sequence[str]) -> int | None:

@@ -17,8 +17,9 @@ the stream waits or writes: each replay page borrows one briefly.
 
 Retention may delete events a replay has not read yet, before it starts or while it runs.
 Each replay page is read together with what was pruned of the stream's streams past the
-cursor, in one snapshot; anything new there becomes a ``reset`` event before the page, so
-a gap is always announced, never silent.
+cursor, in one statement (no transaction is held between statements while the worker is
+busy elsewhere); anything new there becomes a ``reset`` event before the page, so a gap is
+always announced, never silent.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ class _Reader:
 
         A resume point before the subscription's position is replayed, and the replay's first
         page says whether events after it were pruned (``replay``): one check, in the same
-        snapshot as the events it is about.
+        statement as the events it is about.
         """
         position = self._subscription.position
         if resume_after is None or resume_after <= position:

@@ -18,9 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy
 from flask import Flask
 from helpers import wait_until
 from replication import Cluster, Node, available
+from sqlalchemy import Engine
 
 from eventlog import EventLog, create_app, metrics
 from eventlog.config import Settings
@@ -378,6 +380,49 @@ def test_prune_while_replicas_lag_never_leaves_a_silent_gap_nor_a_false_reset(
     if lagged:  # (on a very slow machine the standby may have replayed the prune already)
         assert resets_before == []  # the standby still held every event: nothing to tell
     assert resets_after == [0, 60, 149]
+
+
+@pytest.fixture
+def slow_worker() -> Iterator[threading.Event]:
+    """While set, every engine's reader gets back to its session only 0.5 s after each page
+    read's answer, as a worker busy with its other connections would. (Requested before
+    ``app_on``, it outlives the apps' threads, which read the listeners.)"""
+    holding = threading.Event()
+
+    def held_up(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if holding.is_set() and "FROM eventlog_events" in statement and "ORDER BY" in statement:
+            time.sleep(0.5)
+
+    sqlalchemy.event.listen(Engine, "after_cursor_execute", held_up)
+    yield holding
+    sqlalchemy.event.remove(Engine, "after_cursor_execute", held_up)
+
+
+@pytest.mark.parametrize("source", ["primary", "replica"])
+def test_a_replay_page_holds_no_transaction_while_its_reader_waits_for_the_worker(
+    running: Replicated, slow_worker: threading.Event, app_on: Callable[..., Flask], source: str
+) -> None:
+    """A replay whose worker gets back to it only long after each page's answer still reads
+    every page and what was pruned, from the primary and from a standby: no session waits
+    idle in a transaction meanwhile, which PostgreSQL would end
+    (``idle_in_transaction_session_timeout``, here 0.1 s)."""
+    name = running.database()
+    replicas = [running.fast] if source == "replica" else []
+    app = app_on(name, replicas, RETAIN_EVENTS=50, IDLE_IN_TRANSACTION_TIMEOUT_SECONDS=0.1)
+    events: EventLog = app.extensions["eventlog"]
+    for n in range(200):
+        events.publish("p", {"n": n})
+    assert events.prune() == 150
+    wait_until(lambda: caught_up(running.fast, running, name), timeout=30)
+    wait_until(lambda: running.fast.sql("SELECT count(*) FROM eventlog_pruned_streams", name) == "1", timeout=30)
+    if replicas:
+        wait_until(lambda: all(s.head == 200 and s.state == "ok" for s in events.replica_states().values()), timeout=10)
+    before = replica_reads_in_process(running.name_of(running.fast, name))
+    slow_worker.set()
+    got = replay(events, ["p"], 0, 200)
+    assert got == [("reset", 0)] + [("message", id) for id in range(151, 201)]
+    if replicas:
+        assert replica_reads_in_process(running.name_of(running.fast, name)) > before
 
 
 def assert_no_silent_gap_nor_false_reset(resume: int, got: list[tuple[str, int]]) -> None:

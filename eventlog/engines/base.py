@@ -135,6 +135,13 @@ class Backend(abc.ABC):
         """``conn`` set so that its transaction's reads all see one moment of the log."""
         return conn
 
+    def outside_transaction(self, conn: Connection) -> Connection:
+        """``conn`` set so that a statement runs in no transaction opened ahead of it by a round
+        trip of its own (between which and the statement a session would sit idle in a
+        transaction while its process is busy elsewhere). Where a transaction begins with its
+        first statement, or costs no round trip, ``conn`` as it is."""
+        return conn
+
     def data_size(self, data: Any) -> ColumnElement[int]:
         """The size of an event's ``data`` column, as cheaply as the engine counts it."""
         return func.length(data)

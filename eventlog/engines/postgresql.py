@@ -100,6 +100,11 @@ class PostgreSQL(OnConflict):
     def snapshot(self, conn: Connection) -> Connection:
         return repeatable_read(conn)
 
+    def outside_transaction(self, conn: Connection) -> Connection:
+        # psycopg sends BEGIN on its own before the first statement; in autocommit it sends
+        # neither that nor a ROLLBACK when the connection goes back to the pool.
+        return conn.execution_options(isolation_level="AUTOCOMMIT")
+
     def data_size(self, data: Any) -> ColumnElement[int]:
         # octet_length reads a large value's size from its TOAST header, where length()
         # would decompress the whole value just to count its characters.
