@@ -13,6 +13,11 @@ into the primary; then, for each setting, one ``eventlog serve --workers 2``:
     primary    CPU seconds of the primary's postgres processes during the replay, per replayed
                event (the live backends' time, plus what exited backends left in the
                postmaster's children's time)
+    pages      the share of replay pages read on the primary (the server's metrics)
+    ended      streams the server ended before the client had every event (the client comes
+               back with ``Last-Event-ID``), and sessions PostgreSQL ended for sitting idle in a
+               transaction (its logs, every node's)
+    machine    how busy the whole machine was during the replay, and its load average after
 
 Also measured, once: how long after a commit on the primary a standby shows it (``doorbell``),
 which a hub reading from a replica would add to every live delivery.
@@ -35,7 +40,7 @@ from pathlib import Path
 
 import psycopg
 from _clients import event_body
-from _servers import REDIS_URL, EventlogServer, cpu_seconds, children
+from _servers import REDIS_URL, EventlogServer, children, cpu_seconds, machine_cpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from replication import Cluster, Node  # noqa: E402  (the tests' cluster builder)
@@ -67,6 +72,18 @@ def postgres_cpu(postmaster: int) -> float:
     ticks = os.sysconf("SC_CLK_TCK")
     own = sum(int(f) for f in fields[11:15]) / ticks  # utime, stime, cutime, cstime
     return own + sum(cpu_seconds(pid) or 0.0 for pid in children(postmaster))
+
+
+IDLE_ENDED = "idle-in-transaction timeout"  # in PostgreSQL's FATAL message
+
+
+def idle_ended(cluster: Cluster) -> int:
+    """Sessions the cluster's servers ended for sitting idle in a transaction, so far."""
+    return sum(
+        (node.folder / "log").read_text(errors="replace").count(IDLE_ENDED)
+        for node in cluster.nodes
+        if (node.folder / "log").exists()
+    )
 
 
 def postmaster_pid(node: Node) -> int:
@@ -125,6 +142,22 @@ def publish_meanwhile(port: int, stop: threading.Event, counts: list[int]) -> li
     return threads
 
 
+def primary_share(port: int) -> float:
+    """The share of the server's replay pages read on the primary so far (its metrics; all of
+    them without replicas)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/metrics")
+    reads = {}
+    for line in conn.getresponse().read().decode().splitlines():
+        if line.startswith("eventlog_replica_reads_total{"):
+            labels, _, value = line.rpartition(" ")
+            reads[labels.split('"')[1]] = float(value)
+    total = sum(reads.values())
+    return reads.get("primary", 0.0) / total if total else 1.0  # no replicas: no such metric
+
+
 def measure(cluster: Cluster, database: str, replicas: list[Node], clients: int, events: int) -> dict[str, float]:
     urls = ",".join(node.url(database) for node in replicas)
     server = EventlogServer(
@@ -138,6 +171,8 @@ def measure(cluster: Cluster, database: str, replicas: list[Node], clients: int,
         counts = [0] * 4
         stop = threading.Event()
         cpu_before = postgres_cpu(postmaster)
+        ended_before = idle_ended(cluster)
+        machine_before = machine_cpu()
         began = time.monotonic()
         publishers = publish_meanwhile(server.port, stop, counts)
         reconnects: list[int] = []
@@ -147,12 +182,18 @@ def measure(cluster: Cluster, database: str, replicas: list[Node], clients: int,
         for thread in publishers:
             thread.join()
         cpu = postgres_cpu(postmaster) - cpu_before
+        on_primary = primary_share(server.port)
+        busy, idle, steal = (after - before for after, before in zip(machine_cpu(), machine_before, strict=True))
     return {
         "replay_seconds": max(seconds),
         "replayed_per_second": clients * events / max(seconds),
         "publish_per_second": sum(counts) / elapsed,
         "primary_cpu_us_per_event": cpu / (clients * events) * 1e6,
         "reconnects": len(reconnects),
+        "pages_on_primary": on_primary,
+        "idle_ended": idle_ended(cluster) - ended_before,
+        "machine_busy": busy / (busy + idle + steal),
+        "load": os.getloadavg()[0],
     }
 
 
@@ -208,14 +249,19 @@ def main() -> None:
             print(label, {k: round(v, 2) for k, v in result.items()}, flush=True)
         base = rows[0][1]
         print(f"\n{clients} clients x {events:,} events")
-        print("| | replay (s) | replayed events/s | publishes/s meanwhile | primary CPU per replayed event | vs primary only | streams ended by the server |")
-        print("|---|---|---|---|---|---|---|")
+        print(
+            "| | replay (s) | replayed events/s | publishes/s meanwhile | primary CPU per replayed event"
+            " | vs primary only | pages read on the primary | streams ended by the server"
+            " | sessions ended idle in a transaction | machine busy, load average |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for label, r in rows:
             print(
                 f"| {label} | {r['replay_seconds']:.1f} | {r['replayed_per_second']:,.0f} |"
                 f" {r['publish_per_second']:,.0f} | {r['primary_cpu_us_per_event']:.2f} µs |"
                 f" {r['primary_cpu_us_per_event'] / base['primary_cpu_us_per_event']:.2f}x |"
-                f" {r['reconnects']:.0f} |"
+                f" {r['pages_on_primary']:.0%} | {r['reconnects']:.0f} | {r['idle_ended']:.0f} |"
+                f" {r['machine_busy']:.0%}, {r['load']:.1f} |"
             )
     finally:
         log = cluster.primary.folder / "log"
