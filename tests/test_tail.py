@@ -45,7 +45,10 @@ class Tail:
 
     def __init__(self, *args: str) -> None:
         self.process = subprocess.Popen(
-            [str(EVENTLOG_BIN), "tail", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [str(EVENTLOG_BIN), "tail", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # Ctrl-C as at a terminal, even when the suite itself runs in the background
+            # (where a shell starts it with SIGINT ignored, and its children inherit that).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         Tail.running.append(self)
         self._lines: queue.Queue[str] = queue.Queue()
