@@ -241,6 +241,7 @@ class Hub:
         # out; and whether a doorbell said "unknown", which only a read from SQL answers.
         self._offered: list[list[StoredEvent]] = []
         self._offered_count = 0
+        self._offered_bytes = 0
         self._unknown = False
         self._rung = threading.Event()
         self._stop = threading.Event()
@@ -345,15 +346,21 @@ class Hub:
         When they follow the hub's cursor, the hub fans them out as they are, without
         reading them back from SQL; otherwise (another process's or an application
         transaction's events come between) it reads SQL as for any doorbell. Kept only
-        while someone subscribes, and up to a page of events: beyond that, SQL serves.
+        while someone subscribes, and up to a page (``page_size`` events, ``page_bytes`` of
+        data, as a read from SQL would bring): beyond that, SQL serves, a page at a time.
         """
+        size = sum(len(e.data_json) for e in events)
         with self._lock:
             if not (self._everything or self._by_stream):
                 return
-            if self._offered_count + len(events) > self._page_size:
+            if (
+                self._offered_count + len(events) > self._page_size
+                or self._offered_bytes + size > self._page_bytes
+            ):
                 return
             self._offered.append(events)
             self._offered_count += len(events)
+            self._offered_bytes += size
 
     def start(self) -> None:
         """Start the hub's threads (greenlets under gevent) on first use; idempotent."""
@@ -451,7 +458,8 @@ class Hub:
 
     def _take_offered(self) -> list[list[StoredEvent]]:
         with self._lock:
-            offered, self._offered, self._offered_count = self._offered, [], 0
+            offered, self._offered = self._offered, []
+            self._offered_count = self._offered_bytes = 0
         return offered
 
     def _deliver_offered(self) -> float:

@@ -216,6 +216,29 @@ def test_own_commits_reach_the_hub_without_a_read_and_interleave_exactly_once(
     everything.close()
 
 
+@pytest.mark.settings(EVENTLOG_POLL_SECONDS=30, EVENTLOG_PAGE_BYTES=1000)
+def test_own_commits_larger_than_a_page_are_read_from_sql_a_page_at_a_time(
+    eventlog: EventLog,
+) -> None:
+    """A commit of more data than a page holds is not handed over whole: the hub reads it
+    from SQL in pages of ``EVENTLOG_PAGE_BYTES``, as any other, and still delivers it once."""
+    hub_pages: list[str] = []
+
+    @event.listens_for(eventlog.engine, "before_cursor_execute")
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if threading.current_thread().name == "eventlog-hub" and "FROM eventlog_events" in statement:
+            hub_pages.append(statement)
+
+    stream = event_stream(eventlog.engine, eventlog.hub, ["big"], None, retry_ms=100)
+    next(stream)
+    wait_until(lambda: len(eventlog.hub.subscriptions()) == 1)
+    stored = eventlog.publish_batch("big", [{"data": "x" * 400} for _ in range(6)])
+    assert [int(m.id) for m in read_until(stream, stored[-1].id)] == [e.id for e in stored]
+    # Each page stops at the event that takes it past 1,000 bytes: three of about 400 each.
+    assert len(hub_pages) == 2, "2,400 bytes of data came to the hub in one piece"
+    stream.close()
+
+
 def test_hub_without_subscribers_moves_on_without_reading(eventlog: EventLog) -> None:
     """With nobody subscribed, a doorbell moves the hub's cursor to the id it announces,
     without reading those events; a subscriber that comes later still gets each exactly once."""
