@@ -349,10 +349,10 @@ class Hub:
         while someone subscribes, and up to a page (``page_size`` events, ``page_bytes`` of
         data, as a read from SQL would bring): beyond that, SQL serves, a page at a time.
         """
-        size = sum(len(e.data_json) for e in events)
         with self._lock:
             if not (self._everything or self._by_stream):
-                return
+                return  # a publish with nobody to read it pays nothing more here
+            size = sum(len(e.data_json) for e in events)
             if (
                 self._offered_count + len(events) > self._page_size
                 or self._offered_bytes + size > self._page_bytes
@@ -494,6 +494,7 @@ class Hub:
         """Send every subscriber back to SQL from its own cursor, as after an overflow (a
         failover lost events it may have seen: ``timelines.py``)."""
         self._skip(self._cursor)
+
     def _skip_unread(self, rung: bool) -> bool:
         """Without subscribers, move the cursor to the announced id without reading the events
         (on a poll, to the head, so what came without a doorbell is still found and counted);

@@ -39,11 +39,7 @@ def encode(data: str, *, id: int | str | None = None, event: str | None = None) 
         if "\n" in event or "\r" in event:
             raise ValueError("an SSE event type cannot contain CR or LF")
         head += f"event: {event}\n"
-    if "\n" in data or "\r" in data:
-        body = "".join(f"data: {line}\n" for line in _LINE_BREAK.split(data))
-    else:
-        body = f"data: {data}\n"
-    return f"{head}{body}\n"
+    return f"{head}{_data_lines(data)}\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +58,14 @@ def frame(id: int, event: str, data: str, time: datetime) -> Frame:
     The hot path of every replay and fan-out: ``event`` must be a name already checked to
     hold no line break (``events.NAME``), so only ``data`` is looked at."""
     head = f"id: {id}\n" if event == DEFAULT_TYPE else f"id: {id}\nevent: {event}\n"
+    return Frame(id, f"{head}{_data_lines(data)}\n".encode(), time)
+
+
+def _data_lines(data: str) -> str:
+    """``data`` as its ``data:`` field lines: one per line of it (the reader joins them)."""
     if "\n" in data or "\r" in data:
-        body = "".join(f"data: {line}\n" for line in _LINE_BREAK.split(data))
-    else:
-        body = f"data: {data}\n"
-    return Frame(id, f"{head}{body}\n".encode(), time)
+        return "".join(f"data: {line}\n" for line in _LINE_BREAK.split(data))
+    return f"data: {data}\n"
 
 
 def comment(text: str = "") -> str:

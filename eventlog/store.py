@@ -245,12 +245,10 @@ def _events_query(
 
 def _page(rows: Sequence[Any], limit: int, max_bytes: int | None) -> Page:
     """The page of ``_events_query``'s rows."""
-    if max_bytes is None:
-        return Page([_stored(row) for row in rows[:limit]], more=len(rows) > limit)
     # Past the byte bound, the first row left out starts where the last one kept ends: when
     # that is at the bound, more may follow (or none: the next page then finds nothing).
     # Counting the rows instead (count() over the whole) cost the database a sixth of the page.
-    cut = bool(rows) and rows[-1].through >= max_bytes
+    cut = max_bytes is not None and bool(rows) and rows[-1].through >= max_bytes
     return Page([_stored(row) for row in rows[:limit]], more=len(rows) > limit or cut)
 
 

@@ -45,7 +45,7 @@ _MODULES = {
     "Event": "_models",
     "FilePosition": "_file_position",
     "Reset": "_models",
-}
+}  # every other name of __all__ is an error class, from _errors
 
 __all__ = [
     "AsyncClient",
