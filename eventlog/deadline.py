@@ -3,10 +3,10 @@
 A timeout per wait is not a bound per request: a publish may queue behind the publish
 being written, then need a new connection, then wait for an answer, each within its own
 timeout and all of them in a row. ``within`` sets a moment by which the current thread's
-(or greenlet's) database work must be over; every wait on PostgreSQL then ends by it
-(``postgres.BoundedConnection``), a new connection is only begun with time left for libpq's
-whole-second ``connect_timeout`` (``database.py``), and a publish gives up its place in the
-writer's queue (``writer.py``). The pool's wait for a free connection is not covered:
+(or greenlet's) database work must be over; every wait of the driver then ends by it
+(``engines/psycopg.py`` and ``engines/pymysql.py``), a new connection is only begun with
+time left for it (on PostgreSQL, libpq's whole-second ``connect_timeout``), and a publish
+gives up its place in the writer's queue (``writer.py``). The pool's wait for a free connection is not covered:
 SQLAlchemy's ``pool_timeout`` is one number per pool.
 """
 

@@ -196,8 +196,15 @@ def proxy_to(database_url: str) -> CuttableProxy:
 def database_proxy(postgres_url: str) -> Iterator[CuttableProxy]:
     """A proxy in front of the test's PostgreSQL that the test may cut or black-hole
     (``helpers.through`` gives a database URL by way of it)."""
-    url = make_url(postgres_url)
-    proxy = CuttableProxy(url.port or 5432, url.host or "127.0.0.1", http=False)
+    proxy = proxy_to(postgres_url)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def server_proxy(server_url: str) -> Iterator[CuttableProxy]:
+    """``database_proxy`` on each server engine (PostgreSQL, MariaDB)."""
+    proxy = proxy_to(server_url)
     yield proxy
     proxy.close()
 

@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from eventlog import EventFilter, EventLog, NewEvent, create_app
 from eventlog.database import backend_of, make_engine
 from eventlog.retention import Policy, prune
-from eventlog.store import Publish, append_all, head
+from eventlog.store import Publish, append_all, head, snapshot
 
 PACKAGE = Path(__file__).resolve().parent.parent / "eventlog"
 MIB = 1024 * 1024
@@ -182,3 +182,31 @@ def test_one_pruner_at_a_time(engine: Engine) -> None:
         assert taken
         assert prune(engine, keep_one) is None
     assert prune(engine, keep_one) == 2
+
+
+def test_a_snapshot_holds_one_moment_and_leaves_the_pooled_session_as_it_was(
+    database_url: str, engine: Engine
+) -> None:
+    """Reads on ``store.snapshot`` all see the log as it was at the first of them, however
+    many commits come meanwhile; the same pooled session, checked out again, reads each
+    statement's own moment (READ COMMITTED, which the writer's counter relies on)."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite: every transaction is one snapshot, whatever it was checked out for")
+    one_session = make_engine(database_url, pool_size=1, max_overflow=0)
+
+    def publish(n: int) -> None:
+        with engine.begin() as conn:
+            append_all(conn, [Publish([NewEvent("s", "t", str(n))])])
+
+    try:
+        publish(1)
+        with snapshot(one_session) as conn:
+            assert head(conn) == 1
+            publish(2)
+            assert head(conn) == 1
+        with one_session.connect() as conn:
+            assert head(conn) == 2
+            publish(3)
+            assert head(conn) == 3
+    finally:
+        one_session.dispose()

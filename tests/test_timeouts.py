@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Server, proxy_to
+from conftest import Server
 from flask import Flask
 from helpers import SHORT_TIMEOUTS, CuttableProxy, through, wait_until
 from sqlalchemy import text
@@ -25,19 +25,11 @@ SECRET = "do-not-log-7f3a9c"  # in an event's data and in an Idempotency-Key
 
 
 
-@pytest.fixture
-def server_proxy(server_url: str) -> Iterator[CuttableProxy]:
-    proxy = proxy_to(server_url)
-    yield proxy
-    proxy.close()
-
-
 def test_database_down_is_a_503_within_the_bounds_and_logs_no_event_data(
     server_url: str, server_proxy: CuttableProxy, start_server: StartServer, tmp_path: Path
 ) -> None:
-    database_proxy = server_proxy
     log = tmp_path / "server.log"
-    server = start_server(through(database_proxy, server_url), log=log, **SHORT_TIMEOUTS)
+    server = start_server(through(server_proxy, server_url), log=log, **SHORT_TIMEOUTS)
     # PostgreSQL: one deadline per request; MySQL: a reply and a connect timeout in a row.
     # Each with a margin for a busy machine.
     reply = SHORT_TIMEOUTS["REPLY_TIMEOUT_SECONDS"]
@@ -45,7 +37,7 @@ def test_database_down_is_a_503_within_the_bounds_and_logs_no_event_data(
     with httpx.Client(base_url=server.url, timeout=30) as client:
         assert client.post("/streams/s/events", json={"data": 1}).status_code == 201
         assert client.get("/events").status_code == 200
-        database_proxy.cut(refuse=True)  # the database is down: connections reset, refused
+        server_proxy.cut(refuse=True)  # the database is down: connections reset, refused
         answers = {
             "publish": lambda: client.post(
                 "/streams/s/events",
@@ -66,7 +58,7 @@ def test_database_down_is_a_503_within_the_bounds_and_logs_no_event_data(
                 assert response.headers["Content-Type"] == "application/problem+json"
                 assert response.headers["Retry-After"] == "1"
                 assert SECRET not in response.text
-        database_proxy.resume()
+        server_proxy.resume()
         # Back once the database is: dead connections are replaced by themselves (the
         # writer's kept one after a first failure, so the retry carries a key).
         wait_until(
@@ -87,16 +79,15 @@ def test_a_black_holed_database_makes_readyz_a_503_within_the_bounds(
     server_url: str, server_proxy: CuttableProxy, start_server: StartServer
 ) -> None:
     """No answer at all (not even a reset): /readyz still answers 503 in a few seconds."""
-    database_proxy = server_proxy
-    server = start_server(through(database_proxy, server_url), **SHORT_TIMEOUTS)
+    server = start_server(through(server_proxy, server_url), **SHORT_TIMEOUTS)
     assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
-    database_proxy.blackhole()
+    server_proxy.blackhole()
     for _ in range(2):  # on a kept connection, then on a new one
         started = time.monotonic()
         response = httpx.get(f"{server.url}/readyz", timeout=30)
         assert (response.status_code, response.json()["database"]) == (503, "unreachable")
         assert time.monotonic() - started < SHORT_TIMEOUTS["REPLY_TIMEOUT_SECONDS"] + 1.5
-    database_proxy.heal()
+    server_proxy.heal()
 
 
 # How each server engine locks a table against reads, as a long migration would, and tells

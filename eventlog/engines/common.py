@@ -74,12 +74,6 @@ class OnConflict(Backend):
         )
 
 
-def repeatable_read(conn: Connection) -> Connection:
-    """``conn`` at REPEATABLE READ: its transaction's reads share one snapshot, where READ
-    COMMITTED gives each statement its own."""
-    return conn.execution_options(isolation_level="REPEATABLE READ")
-
-
 @contextlib.contextmanager
 def session_lock(conn: Connection, take: Select[tuple[bool]], release: Select[Any]) -> Iterator[bool]:
     """Hold a lock of ``conn``'s session, which ``take`` tries to get without waiting (True

@@ -12,11 +12,11 @@ sends the rows of a publish in multi-row INSERTs of at most about 1 MB each (or 
 the same transaction, and an event that no statement can carry is refused before the counter
 is touched (413).
 
-Every wait is bounded: ``connect_timeout``, ``read_timeout`` and ``write_timeout`` (the reply
-bound) on this side; ``innodb_lock_wait_timeout`` (rows), ``lock_wait_timeout`` (a table's
-metadata, which a migration locks) and the statement's time on the server
-(``max_statement_time`` on MariaDB, ``max_execution_time`` on MySQL 8, which caps SELECTs
-only), and on MariaDB ``idle_transaction_timeout`` for a transaction whose client went quiet.
+Every wait is bounded: on this side by the connect and reply timeouts, within the request's
+deadline (``pymysql.BoundedConnection``); on the server by ``innodb_lock_wait_timeout``
+(rows), ``lock_wait_timeout`` (a table's metadata, which a migration locks) and the
+statement's time (``max_statement_time`` on MariaDB, ``max_execution_time`` on MySQL 8,
+which caps SELECTs only), and on MariaDB ``idle_transaction_timeout`` for a transaction whose client went quiet.
 PyMySQL is pure Python: under gevent its sockets are gevent's, so a query waits cooperatively.
 """
 
@@ -52,11 +52,11 @@ from ..errors import PayloadTooLarge
 from ..events import NewEvent, utc
 from ..models import Counter, Event, IdempotencyKey, PrunedStream
 from .base import Backend, Timeouts
-from .common import COUNTER_ROW, insert_rows, repeatable_read, session_lock
+from .common import COUNTER_ROW, insert_rows, session_lock
+from .pymysql import BoundedConnection
 from .types import Time
 
 UNBOUNDED_LOCK_WAIT = 1073741824  # innodb_lock_wait_timeout's largest value, in seconds
-UNBOUNDED_CONNECT = 31536000  # PyMySQL's largest connect_timeout, in seconds
 PACKET = "eventlog.max_allowed_packet"  # where a connection keeps its server's limit
 PACKET_MARGIN = 4096  # a statement's bytes beyond its values
 MISSING_SCHEMA = frozenset({1146, 1054})  # ER_NO_SUCH_TABLE, ER_BAD_FIELD_ERROR
@@ -88,6 +88,7 @@ class MySQL(Backend):
     name = "mysql"
     driver = "pymysql"
     schemes = ("mariadb",)
+    request_deadline = True  # BoundedConnection's waits honour it
 
     def url(self, url: URL) -> URL:
         if "+" in url.drivername:
@@ -95,19 +96,21 @@ class MySQL(Backend):
         return url.set(drivername=f"{url.drivername}+{self.driver}")  # mariadb stays mariadb
 
     def create_engine(self, url: URL, timeouts: Timeouts | None, options: dict[str, Any]) -> Engine:
-        connect_args: dict[str, Any] = {"charset": "utf8mb4"}
         if timeouts is not None:
             options = {"pool_timeout": timeouts.pool, **options}
-            connect_args.update(
-                connect_timeout=timeouts.connect or UNBOUNDED_CONNECT,
-                read_timeout=timeouts.reply or None,
-                write_timeout=timeouts.reply or None,
-            )
         engine = create_engine(
             url,
-            connect_args=connect_args,
+            connect_args={"charset": "utf8mb4"},
             **{"isolation_level": "READ COMMITTED", **options},
         )
+        if timeouts is not None:
+
+            @event.listens_for(engine, "do_connect")
+            def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+                # The URL's own connect_timeout wins: an operator may tune one connection string.
+                return BoundedConnection(
+                    *cargs, reply_timeout=timeouts.reply, **{"connect_timeout": timeouts.connect, **cparams}
+                )
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, record: Any) -> None:
@@ -165,7 +168,12 @@ class MySQL(Backend):
         )
 
     def snapshot(self, conn: Connection) -> Connection:
-        return repeatable_read(conn)
+        # For the next transaction only. SQLAlchemy's isolation_level option sets the
+        # session's level and puts it back when the connection returns to the pool: two
+        # more round trips, the last outside the request's error handling (a link lost
+        # then was a 500).
+        conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        return conn
 
     @contextlib.contextmanager
     def cap_statements(self, conn: Connection, seconds: float) -> Iterator[None]:

@@ -40,7 +40,7 @@ from .. import deadline
 from ..events import NewEvent, utc
 from ..models import Counter, Event
 from .base import Timeouts
-from .common import COUNTER_ROW, OnConflict, repeatable_read, session_lock
+from .common import COUNTER_ROW, OnConflict, session_lock
 
 LOCK_KEY = 0x6576656E746C6F67  # "eventlog" in ASCII: the pruning advisory lock's key
 QUERY_CANCELED = "57014"  # the SQLSTATE of a statement its statement_timeout ended
@@ -98,7 +98,8 @@ class PostgreSQL(OnConflict):
         )
 
     def snapshot(self, conn: Connection) -> Connection:
-        return repeatable_read(conn)
+        # psycopg sends the level with its BEGIN, and putting it back costs no round trip.
+        return conn.execution_options(isolation_level="REPEATABLE READ")
 
     def outside_transaction(self, conn: Connection) -> Connection:
         # psycopg sends BEGIN on its own before the first statement; in autocommit it sends
