@@ -291,4 +291,7 @@ def rfc3339(moment: datetime) -> str:
 
 def utc(moment: datetime) -> datetime:
     """``moment`` in UTC; a naive time (SQLite hands those back) is taken as UTC."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    zone = moment.tzinfo
+    if zone is UTC:  # every row read from PostgreSQL (its sessions are in UTC): as it is
+        return moment
+    return moment.replace(tzinfo=UTC) if zone is None else moment.astimezone(UTC)

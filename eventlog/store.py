@@ -7,6 +7,7 @@ caller's job once that transaction has committed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -15,12 +16,15 @@ from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
+    BindParameter,
     ColumnElement,
     Connection,
     Engine,
     Select,
     CompoundSelect,
     and_,
+    bindparam,
     func,
     literal,
     literal_column,
@@ -32,6 +36,7 @@ from sqlalchemy import (
 )
 
 from .database import backend_of
+from .engines.base import Backend
 from .engines.common import COUNTER_ROW
 from .errors import IdempotencyConflict
 from .events import EVERY_STREAM, MAX_ID, EventFilter, NewEvent, StoredEvent, is_prefix, prefix_range, utc
@@ -202,10 +207,14 @@ def read_page(
     statement as the events, so the two agree on any connection (a statement sees one moment
     of the log on every engine).
     """
-    query = _events_query(conn, where, limit=limit, newest_first=newest_first, max_bytes=max_bytes)
+    statement = _page_statement(
+        backend_of(conn), _Shape.of(where), limit=limit, newest_first=newest_first,
+        max_bytes=max_bytes, with_pruned=with_pruned,
+    )
+    rows = conn.execute(statement, _bounds(where)).all()
     if not with_pruned:
-        return _page(conn.execute(query).all(), limit, max_bytes)
-    rows, pruned = _with_pruned(conn, query, where.streams, where.after or 0, newest_first)
+        return _page(rows, limit, max_bytes)
+    rows, pruned = _split_pruned(rows)
     page = _page(rows, limit, max_bytes)
     if newest_first and page.more and page.events:
         # Going newest first, the page's range ends below at its last event when more
@@ -215,22 +224,63 @@ def read_page(
     return Page(page.events, page.more, pruned)
 
 
+_AFTER = bindparam("after", type_=BigInteger)
+_BEFORE = bindparam("before", type_=BigInteger)
+
+
+def _bounds(where: EventFilter) -> dict[str, int | None]:
+    """The parameters of a statement of ``where``'s ``_Shape``."""
+    return {"after": where.after or 0, "before": where.before}
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What of a filter shapes a page's statement: all but the values of ``after`` and
+    ``before``, which are its parameters (``:after``, ``:before``), so the pages of one
+    reader, each past the last, run one statement built once."""
+
+    streams: tuple[str, ...]
+    types: tuple[str, ...]
+    after: bool
+    before: bool
+    since: datetime | None
+    until: datetime | None
+
+    @classmethod
+    def of(cls, where: EventFilter) -> _Shape:
+        return cls(
+            where.streams, where.types, where.after is not None, where.before is not None,
+            where.since, where.until,
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def _page_statement(
+    backend: Backend, shape: _Shape, *, limit: int, newest_first: bool, max_bytes: int | None,
+    with_pruned: bool,
+) -> Select[Any]:
+    """``read_page``'s statement, built once per shape: building it and its subqueries cost
+    as much as reading a page's rows into events (bench/README.md, "Replay")."""
+    query = _events_query(backend, shape, limit=limit, newest_first=newest_first, max_bytes=max_bytes)
+    return _with_pruned(query, shape.streams, newest_first) if with_pruned else query
+
+
 def _events_query(
-    conn: Connection, where: EventFilter, *, limit: int, newest_first: bool, max_bytes: int | None
+    backend: Backend, shape: _Shape, *, limit: int, newest_first: bool, max_bytes: int | None
 ) -> Select[Any]:
     """The page's statement: its rows are the events (``_COLUMNS``, first), plus ``through``
     (the data's size up to and with the row) with ``max_bytes``."""
     order = Event.id.desc() if newest_first else Event.id
     matching = (
         select(Event.id, Event.stream, Event.type, Event.data, Event.time)
-        .where(*_conditions(where))
+        .where(*_conditions(shape))
         .order_by(order)
         .limit(limit + 1)  # one more than asked: whether it exists says if there are more
         .subquery()
     )
     if max_bytes is None:
         return select(matching).order_by(_keyset(matching, newest_first))
-    size = backend_of(conn).data_size(matching.c.data)
+    size = backend.data_size(matching.c.data)
     counted = select(
         matching,
         func.sum(size).over(order_by=_keyset(matching, newest_first)).label("through"),
@@ -252,25 +302,28 @@ def _page(rows: Sequence[Any], limit: int, max_bytes: int | None) -> Page:
     return Page([_stored(row) for row in rows[:limit]], more=len(rows) > limit or cut)
 
 
-def _with_pruned(
-    conn: Connection, query: Select[Any], streams: Sequence[str], after: int, newest_first: bool
-) -> tuple[Sequence[Any], dict[str, int]]:
-    """The rows of ``query`` (a page) and ``pruned_above(streams, after)``, in one statement.
+def _with_pruned(query: Select[Any], streams: Sequence[str], newest_first: bool) -> Select[Any]:
+    """The rows of ``query`` (a page), then those of ``pruned_above(streams, :after)``, in
+    one statement.
 
     One statement needs no snapshot held across statements: a reader held up between two of
     them (a worker busy elsewhere) would keep a transaction idle meanwhile, which
     ``idle_in_transaction_session_timeout`` ends. Each bound comes as a row after the
     events, its id the bound and ``bound`` set; ``bound`` is the last column, so the events'
-    own stay where ``_stored`` reads them.
+    own stay where ``_stored`` reads them (``_split_pruned``).
     """
     page = query.subquery()
-    bounds = _pruned_query(streams, after).subquery()
+    bounds = _pruned_query(streams, _AFTER).subquery()
     extra = [null()] * (len(page.c) - 2)  # the columns past id and stream
     both = union_all(
         select(*page.c, literal_column("0").label("bound")),
         select(bounds.c.pruned_through, bounds.c.stream, *extra, literal_column("1")),
     ).subquery()
-    rows = conn.execute(select(both).order_by(both.c.bound, _keyset(both, newest_first))).all()
+    return select(both).order_by(both.c.bound, _keyset(both, newest_first))
+
+
+def _split_pruned(rows: Sequence[Any]) -> tuple[Sequence[Any], dict[str, int]]:
+    """``_with_pruned``'s rows: the page's, and per stream the pruned bound."""
     events = len(rows)
     while events and rows[events - 1].bound:
         events -= 1
@@ -326,7 +379,8 @@ def pages(
 
 def count_events(conn: Connection, where: EventFilter) -> int:
     """How many events match ``where``."""
-    return int(conn.execute(select(func.count()).select_from(Event).where(*_conditions(where))).scalar_one())
+    query = select(func.count()).select_from(Event).where(*_conditions(_Shape.of(where)))
+    return int(conn.execute(query, _bounds(where)).scalar_one())
 
 
 def statement_reads(engine: Engine) -> Connection:
@@ -353,7 +407,7 @@ def pruned_above(conn: Connection, streams: Sequence[str], after: int) -> dict[s
     return {row.stream: int(row.pruned_through) for row in conn.execute(_pruned_query(streams, after))}
 
 
-def _pruned_query(streams: Sequence[str], after: int) -> CompoundSelect[Any]:
+def _pruned_query(streams: Sequence[str], after: int | BindParameter[int]) -> CompoundSelect[Any]:
     """``pruned_above``'s statement: rows of ``stream`` and ``pruned_through``."""
     query = select(PrunedStream.stream, PrunedStream.pruned_through).where(
         PrunedStream.pruned_through > after
@@ -399,16 +453,17 @@ def _stored(row: Any) -> StoredEvent:
     return StoredEvent(row[0], row[1], row[2], row[3], utc(row[4]))
 
 
-def _conditions(where: EventFilter) -> list[ColumnElement[bool]]:
+def _conditions(where: _Shape) -> list[ColumnElement[bool]]:
+    """``where`` as conditions, ``after`` and ``before`` as parameters (``_bounds``)."""
     conditions: list[ColumnElement[bool]] = []
     if where.streams:
         conditions.append(stream_condition(Event.stream, where.streams))
     if where.types:
         conditions.append(Event.type.in_(where.types))
-    if where.after is not None:
-        conditions.append(Event.id > where.after)
-    if where.before is not None:
-        conditions.append(Event.id < where.before)
+    if where.after:
+        conditions.append(Event.id > _AFTER)
+    if where.before:
+        conditions.append(Event.id < _BEFORE)
     # Times never decrease along ids (``store_events``), so the events at or after a time
     # are those from the first id at or after it: one probe of the time index, then the
     # range walks the primary key or a stream's index like ``after``/``before`` do.

@@ -133,16 +133,19 @@ class PostgreSQL(OnConflict):
 
 def connection_parameters(timeouts: Timeouts) -> dict[str, Any]:
     """The libpq parameters that carry ``timeouts`` (but the connect timeout, which depends
-    on the moment: ``_connect_timeout``): the server-side ones travel in ``options``, so they
-    hold from the session's first statement, without a round trip."""
+    on the moment: ``_connect_timeout``) and the session's time zone, UTC: the server-side
+    ones travel in ``options``, so they hold from the session's first statement, without a
+    round trip."""
     server = {
         "statement_timeout": timeouts.statement,
         "lock_timeout": timeouts.lock,
         "idle_in_transaction_session_timeout": timeouts.idle_in_transaction,
     }
-    parameters: dict[str, Any] = {
-        "options": " ".join(f"-c {name}={_ms(seconds)}" for name, seconds in server.items()),
-    }
+    options = [f"-c {name}={_ms(seconds)}" for name, seconds in server.items()]
+    # Times then come back in psycopg's timezone.utc, which events.utc passes as they are,
+    # where a server's own zone ('Etc/UTC' is Debian's) cost a conversion per row read.
+    options.append("-c TimeZone=UTC")
+    parameters: dict[str, Any] = {"options": " ".join(options)}
     if timeouts.keepalive:
         idle = math.ceil(timeouts.keepalive)
         parameters.update(
