@@ -738,7 +738,7 @@ def analyze(database_url: str) -> None:
 
     engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
-        conn.execute(text("ANALYZE eventlog_events"))
+        conn.execute(text("ANALYZE"))  # every table: a revision compared may name them otherwise
     engine.dispose()
 
 
