@@ -6,8 +6,8 @@ timeout and all of them in a row. ``within`` sets a moment by which the current 
 (or greenlet's) database work must be over; every wait of the driver then ends by it
 (``engines/psycopg.py`` and ``engines/pymysql.py``), a new connection is only begun with
 time left for it (on PostgreSQL, libpq's whole-second ``connect_timeout``), and a publish
-gives up its place in the writer's queue (``writer.py``). The pool's wait for a free connection is not covered:
-SQLAlchemy's ``pool_timeout`` is one number per pool.
+gives up its place in the writer's queue (``writer.py``). The pool's wait for a free
+connection is not covered: SQLAlchemy's ``pool_timeout`` is one number per pool.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ Every wait is bounded: on this side by the connect and reply timeouts, within th
 deadline (``pymysql.BoundedConnection``); on the server by ``innodb_lock_wait_timeout``
 (rows), ``lock_wait_timeout`` (a table's metadata, which a migration locks) and the
 statement's time (``max_statement_time`` on MariaDB, ``max_execution_time`` on MySQL 8,
-which caps SELECTs only), and on MariaDB ``idle_transaction_timeout`` for a transaction whose client went quiet.
+which caps SELECTs only), and on MariaDB ``idle_transaction_timeout`` for a transaction
+whose client went quiet.
 PyMySQL is pure Python: under gevent its sockets are gevent's, so a query waits cooperatively.
 """
 
