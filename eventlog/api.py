@@ -64,6 +64,8 @@ IDEMPOTENCY_KEY_MAX = 255
 # Query parameters the live stream reads; anything else is an error, like in the audit query.
 STREAM_PARAMETERS = frozenset({"stream", "last_event_id"})
 CLIENT_GONE = "eventlog.client_gone"
+OUTLET = "eventlog.outlet"
+"""Under ``eventlog serve``, the connection a live stream parks with (``stream.Outlet``)."""
 """WSGI environ key: a server that can tell whether a client has left puts a check here."""
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 OPEN = Rights(publish=(EVERY_STREAM,), subscribe=(EVERY_STREAM,), expires_at=None)
@@ -302,6 +304,8 @@ def _live(streams: list[str], rights: Rights, *, extra: set[str], envelope: bool
         client_gone=request.environ.get(CLIENT_GONE),
         expires_at=rights.expires_at,
         on_end=None if access is None else access.stream_ended,
+        # Taken: the server then hands this response to it (``server.with_connection``).
+        outlet=request.environ.pop(OUTLET, None),
     )
     # Without a charset parameter: some SSE clients compare the type exactly, and the
     # format is UTF-8 by definition.

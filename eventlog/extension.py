@@ -47,7 +47,7 @@ from .store import (
     pages,
     read_page,
 )
-from .stream import event_stream
+from .stream import Outlet, event_stream
 from .timelines import Timelines
 from .transaction import announce_after_commit
 from .validation import parse_events
@@ -361,9 +361,11 @@ class EventLog:
         client_gone: Callable[[], bool] | None = None,
         expires_at: float | None = None,
         on_end: Callable[[int], None] | None = None,
+        outlet: Outlet | None = None,
     ) -> Iterator[bytes]:
         """The SSE bytes of a live stream with replay (see ``stream.event_stream``); with
-        ``expires_at`` (a token's expiry, seconds since the epoch) it ends then."""
+        ``expires_at`` (a token's expiry, seconds since the epoch) it ends then; with an
+        ``outlet`` it parks while it waits."""
         state = self._state()
         return event_stream(
             state.engine,
@@ -378,6 +380,7 @@ class EventLog:
             expires_at=expires_at,
             on_end=on_end,
             budget=state.replays,
+            outlet=outlet,
         )
 
     def replica_states(self) -> dict[str, ReplicaState]:

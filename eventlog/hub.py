@@ -41,6 +41,13 @@ timeout; a timer per wait cost more CPU than the fan-out itself.
 A subscription may have a deadline (its token's expiry): the same beat thread sleeps until
 the next heartbeat or the earliest deadline, whichever comes first, and wakes an expired
 subscriber so its stream ends. Streams without a deadline still cost no timer at all.
+
+A reader with nothing to write may park its subscription (``Subscription.park``): until
+something needs it, the hub hands pushes and ticks to a ``Parked`` stand-in that writes them
+to the client at once, so an idle live stream keeps no greenlet, no stack and no request of
+its own (``eventlog serve``, ``server.py``). Whatever the stand-in cannot finish at once (a
+push too large for one write, a full socket, an overflow, an expiry, a client gone) resumes
+the reader, which goes on exactly where it parked.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -71,6 +79,29 @@ log = logging.getLogger(__name__)
 # work in between. A timer, not sleep(0): gevent may resume a sleep(0) before it polls sockets.
 PUSH_SLICE = 100
 SLICE_PAUSE_SECONDS = 0.0002
+
+
+class Parked(Protocol):
+    """What stands in for a parked reader (``Subscription.park``) while it waits.
+
+    Each call is made with the worker's buffer lock held, and must not block: a ``False``
+    hands the rest to the reader, which ``resume`` then wakes, once per park.
+    """
+
+    def deliver(self, frames: list[Frame]) -> bool:
+        """Send ``frames`` (in id order, at most a chunk's bytes); whether it finished.
+        False: they are taken all the same (partly written, or the client is gone)."""
+
+    def beat(self) -> bool:
+        """The heartbeat tick of an idle subscriber; whether it finished."""
+
+    def resume(self) -> None:
+        """Wake the reader: the subscription is no longer parked."""
+
+
+DIRECT_BYTES = frames.CHUNK_BYTES
+"""The largest push a parked reader's stand-in writes itself; a larger one goes through the
+buffer, and the reader writes it in paced chunks as it would any other."""
 
 
 class Subscription:
@@ -104,6 +135,7 @@ class Subscription:
         self._heard = False  # whether anything was pushed since the hub's last tick
         self._lock = budget.lock  # one for the worker's buffers: a push may drop another's
         self._ready = threading.Event()
+        self._parked: Parked | None = None  # stands in for the reader while it waits
 
     @property
     def pending(self) -> int:
@@ -123,6 +155,12 @@ class Subscription:
                 or self._bytes + size > self._limit_bytes
             ):
                 self._drop()
+            elif self._parked is not None and frames and size <= DIRECT_BYTES:
+                # The buffer is empty while parked: nothing can come before these.
+                self._heard = True
+                if not self._parked.deliver(frames):
+                    self._resume()
+                return
             elif frames:
                 if not self._frames:
                     self._budget.waiting(self)
@@ -132,6 +170,23 @@ class Subscription:
                 self._budget.fit()
             self._heard = True
             self._ready.set()
+            self._resume()
+
+    def park(self, parked: Parked) -> bool:
+        """Let ``parked`` stand in for the reader until something needs the reader itself,
+        then call its ``resume``; False, and nothing changes, if something already does
+        (the reader's next ``take`` returns at once)."""
+        with self._lock:
+            if self._ready.is_set() or self._closed:
+                return False
+            self._parked = parked
+            return True
+
+    def _resume(self) -> None:
+        """Hand back to the reader, if parked; the caller holds the lock."""
+        parked, self._parked = self._parked, None
+        if parked is not None:
+            parked.resume()
 
     def drop(self) -> None:
         """Drop the buffer and flag an overflow: the reader catches up from SQL."""
@@ -142,6 +197,7 @@ class Subscription:
         """``drop``, with the budget's lock held (the budget makes room with it)."""
         self._drop()
         self._ready.set()
+        self._resume()
 
     def _drop(self) -> None:
         self._budget.release(self._frames)
@@ -157,23 +213,31 @@ class Subscription:
             self._budget.settled(self)
             self._frames, self._bytes, self._taken = [], 0, []
             self._closed = True
+            self._parked = None
 
     def tick(self) -> None:
         """The hub's heartbeat tick: wake the reader if nothing was pushed since the last one."""
         with self._lock:
             if not self._heard:
-                self._ready.set()  # take() returns no events: the stream sends a heartbeat
+                if self._parked is None:
+                    self._ready.set()  # take() returns no events: the stream sends a heartbeat
+                elif not self._parked.beat():
+                    self._ready.set()  # the reader's own tick: the client gone, or a heartbeat
+                    self._resume()
             self._heard = False
 
     def wake(self) -> None:
         """Wake the reader with nothing: it looks whether its client is still there."""
-        self._ready.set()
+        with self._lock:
+            self._ready.set()
+            self._resume()
 
     def expire(self) -> None:
         """The deadline passed: wake the reader, which sees ``expired`` and ends."""
         with self._lock:
             self.expired = True
             self._ready.set()
+            self._resume()
 
     def take(self) -> tuple[list[Frame], bool]:
         """Wait for events, or a heartbeat tick; return them and whether any were dropped.

@@ -8,10 +8,16 @@ What gunicorn does below Flask is bounded and answered here:
   the client gets a 408, and the connection closes; a malformed chunked body is a 400;
 - gunicorn's own refusals (a request line or header too long, a malformed request line or
   Content-Length) are problem+json like every other error, not gunicorn's HTML page.
+
+A live stream with nothing to write parks (``stream.PARK``): its connection leaves gunicorn,
+whose greenlet for it ends, and its socket stays with the stream's ``_Outlet``, which the
+hub writes to; a greenlet runs the stream again only when it must (``hub.Parked``). Parked
+connections count against ``worker_connections`` as the others do (``_Lot``).
 """
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import functools
 import gc
@@ -22,13 +28,15 @@ import resource
 import shutil
 import socket
 import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gevent
+import gevent.socket
 from gevent.monkey import MonkeyPatchWarning
 from gunicorn import glogging, util
 from gunicorn.app.base import BaseApplication
@@ -40,6 +48,7 @@ from .config import ANY_HOST, is_loopback, key_of
 from .errors import problem
 from .logs import logging_config, with_access_log
 from .metrics import MULTIPROCESS_DIR
+from .stream import PARK
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -81,22 +90,48 @@ class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type h
 
         app = create_app()
         timeout = app.extensions["eventlog"].settings.request_timeout_seconds
-        wrapped = with_connection(app.wsgi_app, request_timeout=timeout)
+        logged = with_access_log(app.wsgi_app) if self.access_log else app.wsgi_app
         # Everything built so far (the imported libraries, the app) lives as long as the
         # worker: out of the collector's sight, its full passes over the objects of
         # thousands of streams stop pausing their delivery as long (bench/README.md).
         gc.freeze()
-        return with_access_log(wrapped) if self.access_log else wrapped
+        return with_connection(logged, request_timeout=timeout)
 
 
 class Worker(GeventWorker):  # type: ignore[misc]
-    """gunicorn's gevent worker, with its own error answers as problem+json, and each
-    response's head sent with its first body bytes."""
+    """gunicorn's gevent worker, with its own error answers as problem+json, each response's
+    head sent with its first body bytes, and live streams that park (``_Outlet``)."""
+
+    _lot: _Lot | None = None
+
+    def lot(self) -> _Lot:
+        """The worker's parked streams; made in the worker, once gevent has patched threading."""
+        if self._lot is None:
+            self._lot = _Lot(self.worker_connections)
+        return self._lot
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            self.lot().close()
+
+    def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
+        lot = self.lot()
+        lot.enter()  # gunicorn's pool counts its handlers; the lot counts parked streams too
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            lot.leave()
 
     def handle_request(self, listener_name: Any, req: Any, sock: socket.socket, addr: Any) -> Any:
-        joined = _HeadWithBody(sock)
+        joined = _HeadWithBody(sock, self.lot())
         try:
             return super().handle_request(listener_name, req, joined, addr)
+        except _Parked:
+            # The stream has the socket now: gunicorn's handler ends here, and the socket it
+            # closes is detached already (``_Outlet.park``).
+            raise StopIteration from None
         finally:
             joined.flush()
 
@@ -127,15 +162,22 @@ class _HeadWithBody:
     Each write is one ``send`` when the socket's buffer has room for it.
     """
 
-    __slots__ = ("_sock", "_held")
+    __slots__ = ("_sock", "_held", "lot", "chunked")
 
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
+    def __init__(self, sock: socket.socket, lot: _Lot) -> None:
+        self._sock: socket.socket | _socket.socket = sock
         self._held: bytes | None = b""  # b"": nothing sent yet; None: the head went out
+        self.lot = lot
+        self.chunked = False  # whether the response's body is sent in chunks
+
+    @property
+    def head_sent(self) -> bool:
+        return self._held is None
 
     def sendall(self, data: bytes) -> None:
         if self._held == b"":
             self._held = bytes(data)
+            self.chunked = b"\r\nTransfer-Encoding: chunked\r\n" in self._held
             return
         if self._held:
             data, self._held = self._held + data, None
@@ -157,6 +199,178 @@ class _HeadWithBody:
     def __getattr__(self, name: str) -> Any:
         self.flush()
         return getattr(self._sock, name)
+
+    def take(self) -> _socket.socket:
+        """The connection, from now on the caller's: gunicorn's socket object lets go of it
+        (its close, later, closes nothing), and every use through this one goes to the
+        returned socket, which never waits (``_ClosedByPeer`` asks it)."""
+        gunicorns = self._sock
+        assert isinstance(gunicorns, socket.socket)
+        taken = _socket.socket(fileno=gunicorns.detach())
+        taken.setblocking(False)
+        self._sock = taken
+        return taken
+
+
+class _Parked(BaseException):
+    """Raised through gunicorn's handler when its stream parks (not an ``Exception``: gunicorn
+    would answer it as an error)."""
+
+
+class _Lot:
+    """A worker's parked streams, and its count of connections: handled by gunicorn's
+    greenlets, or parked. A new connection waits while there are ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._open = 0
+        self._freed = threading.Condition()
+        self.parked: set[_Outlet] = set()  # parked now (not running)
+
+    def enter(self) -> None:
+        with self._freed:
+            while self._open >= self._limit:
+                self._freed.wait()
+            self._open += 1
+
+    def leave(self) -> None:
+        with self._freed:
+            self._open -= 1
+            self._freed.notify()
+
+    def took(self) -> None:
+        """A parked stream keeps its connection past its handler's ``leave``."""
+        with self._freed:
+            self._open += 1
+
+    def close(self) -> None:
+        """End every parked stream (the worker is stopping): their clients come back."""
+        for outlet in list(self.parked):
+            outlet.end()
+
+
+class _Outlet:
+    """A live stream's connection, which it keeps when it parks (``stream.Outlet``).
+
+    Made for each stream (``with_connection``); ``respond`` wraps its response, so that the
+    ``PARK`` it yields takes the socket from gunicorn, and ``resume`` runs it again, in a
+    greenlet of its own, until it parks again or ends.
+    """
+
+    __slots__ = ("_joined", "_body", "_close", "_sock", "_rest", "_broken")
+
+    def __init__(self, joined: _HeadWithBody) -> None:
+        self._joined = joined
+        self._body: Iterator[bytes] | None = None  # the response, once it is known
+        self._close: Callable[[], object] | None = None
+        self._sock: _socket.socket | None = None  # the connection, once parked
+        self._rest: bytes | memoryview = b""  # written in part: the resumed stream's first
+        self._broken = False  # a write failed: the client is gone
+
+    def respond(self, body: Iterable[bytes]) -> Iterable[bytes]:
+        """``body``, as gunicorn is to write it."""
+        self._body = iter(body)
+        self._close = getattr(body, "close", None)
+        return _Parkable(self)
+
+    def parkable(self) -> bool:
+        # Everything before the PARK is written once gunicorn asks for more: the head too.
+        return self._body is not None and self._joined.head_sent
+
+    def park(self) -> None:
+        """The stream parks for the first time: the connection leaves gunicorn."""
+        self._sock = self._joined.take()
+        self._joined.lot.took()
+        self._joined.lot.parked.add(self)
+
+    def write(self, data: bytes) -> bool:
+        assert self._sock is not None
+        data = self._framed(data)
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._broken = True
+            return False
+        if sent < len(data):
+            self._rest = memoryview(data)[sent:]
+            return False
+        return True
+
+    def resume(self) -> None:
+        self._joined.lot.parked.discard(self)
+        gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        assert self._body is not None
+        try:
+            if not self._broken:
+                if self._rest:
+                    rest, self._rest = self._rest, b""
+                    self._send(rest)
+                for data in self._body:
+                    if data is PARK:  # the stand-in is back in place: this greenlet ends
+                        self._joined.lot.parked.add(self)
+                        return
+                    if data:
+                        self._send(self._framed(data))
+                if self._joined.chunked:
+                    self._send(b"0\r\n\r\n")
+        except OSError:
+            pass  # the client has gone
+        except Exception:
+            log.exception("a live stream failed")
+        self.end()
+
+    def end(self) -> None:
+        """Close the stream (its own ``finally`` blocks run, the access log's line too) and
+        its connection."""
+        self._joined.lot.parked.discard(self)
+        if self._close is not None:
+            self._close()
+        if self._sock is not None:
+            self._sock.close()
+            self._joined.lot.leave()
+
+    def _framed(self, data: bytes) -> bytes:
+        return b"%X\r\n%s\r\n" % (len(data), data) if self._joined.chunked else data
+
+    def _send(self, data: bytes | memoryview) -> None:
+        """Write all of ``data``, letting the worker's other greenlets run while it waits."""
+        assert self._sock is not None
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self._sock.send(view) :]
+            except BlockingIOError:
+                gevent.socket.wait_write(self._sock.fileno())
+
+
+class _Parkable:
+    """The response iterator gunicorn writes from: the stream's, until it parks."""
+
+    __slots__ = ("_outlet",)
+
+    def __init__(self, outlet: _Outlet) -> None:
+        self._outlet = outlet
+
+    def __iter__(self) -> _Parkable:
+        return self
+
+    def __next__(self) -> bytes:
+        outlet = self._outlet
+        assert outlet._body is not None
+        data = next(outlet._body)
+        if data is PARK:
+            outlet.park()
+            raise _Parked
+        return data
+
+    def close(self) -> None:
+        outlet = self._outlet
+        if outlet._sock is None and outlet._close is not None:
+            outlet._close()  # not parked: gunicorn ends the response, and the stream with it
 
 
 class Logger(glogging.Logger):  # type: ignore[misc]
@@ -197,7 +411,8 @@ def serve(
     line per request to stderr; ``notes`` are logged as warnings once it listens, and
     ``database`` (its revision) on the line that says so (in the log's format, like every
     other line)."""
-    _raise_open_file_limit(connections + 100)
+    # Each worker's connections, and as many more waiting for one of them (``_Lot``).
+    _raise_open_file_limit(2 * connections + 100)
     # The default allowed hosts are the loopback names, right for a loopback bind; bound
     # elsewhere, the server cannot know the names it is reached by. The workers inherit this.
     if key_of("allowed_hosts") not in os.environ and not is_loopback(host):
@@ -299,19 +514,28 @@ def _server(
 def with_connection(app: WSGIApplication, *, request_timeout: float) -> WSGIApplication:
     """Wrap ``app`` for gunicorn's connections: each request's environ holds a check of
     whether its client has gone (under ``api.CLIENT_GONE``), from the socket gunicorn hands
-    over as ``gunicorn.socket``; its body must arrive within ``request_timeout``; and it no
-    longer holds a token given in its URL (gunicorn's access log reads the environ)."""
-    from .api import CLIENT_GONE
+    over as ``gunicorn.socket``, and the outlet a live stream parks with (``api.OUTLET``);
+    its body must arrive within ``request_timeout``; and it no longer holds a token given in
+    its URL (gunicorn's access log reads the environ).
+
+    The outermost wrapper: a parked stream's response is resumed from here, through every
+    wrapper inside (the access log's count of its bytes)."""
+    from .api import CLIENT_GONE, OUTLET
     from .http_auth import take_url_tokens
 
     def wrapped(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         take_url_tokens(environ)
         client = environ.get("gunicorn.socket")
-        if client is not None:
-            environ[CLIENT_GONE] = _ClosedByPeer(client)
-            deadline = time.monotonic() + request_timeout
-            environ["wsgi.input"] = _TimedBody(environ["wsgi.input"], deadline, request_timeout)
-        return app(environ, start_response)
+        if not isinstance(client, _HeadWithBody):
+            return app(environ, start_response)
+        environ[CLIENT_GONE] = _ClosedByPeer(client)
+        deadline = time.monotonic() + request_timeout
+        environ["wsgi.input"] = _TimedBody(environ["wsgi.input"], deadline, request_timeout)
+        outlet = environ[OUTLET] = _Outlet(client)
+        body = app(environ, start_response)
+        # A live stream takes the outlet from the environ; other responses go to gunicorn as
+        # they are.
+        return body if OUTLET in environ else outlet.respond(body)
 
     return wrapped
 
@@ -371,15 +595,16 @@ class _ClosedByPeer:
     belongs to a client that is gone; anything else, data included, counts as still there.
     """
 
-    def __init__(self, client: socket.socket) -> None:
-        self._client = client
+    def __init__(self, client: _HeadWithBody) -> None:
+        self._client = client  # gunicorn's socket, or the one a parked stream took from it
 
     def __call__(self) -> bool:
         client = self._client
         timeout = client.gettimeout()
-        client.settimeout(0)  # a gevent socket would otherwise park this greenlet until data
+        client.settimeout(0)  # a gevent socket would otherwise hold this greenlet until data
         try:
-            return client.recv(1, socket.MSG_PEEK) == b""
+            peeked: bytes = client.recv(1, socket.MSG_PEEK)
+            return peeked == b""
         except BlockingIOError:
             return False
         except OSError:

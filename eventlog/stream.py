@@ -15,6 +15,12 @@ between two writes, even when idle: its client must come back with a fresh token
 is the last id sent; only ``_Reader.send`` moves it. No database connection is held while
 the stream waits or writes: each replay page borrows one briefly.
 
+A stream given an ``Outlet`` (``eventlog serve``'s connection, ``server.py``) parks when live
+and caught up: it yields ``PARK``, the server takes its socket and ends its greenlet, and a
+stand-in (``_Standin``) writes what the hub pushes straight to the socket, moving the same
+cursor. Anything the stand-in cannot finish resumes the stream where it parked, in a new
+greenlet, with the same steps as before.
+
 Retention may delete events a replay has not read yet, before it starts or while it runs.
 Each replay page is read together with what was pruned of the stream's streams past the
 cursor, in one statement (no transaction is held between statements while the worker is
@@ -28,6 +34,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -43,6 +50,29 @@ from .store import Page, Source, head, oldest, pages
 log = logging.getLogger(__name__)
 
 HEARTBEAT = sse.comment("heartbeat").encode()
+
+
+class _Park(bytes):
+    """The type of ``PARK``: bytes, so it passes any WSGI wrapper, but empty, so none writes it."""
+
+
+PARK = _Park()
+"""What a stream yields to park (compared by identity): the server takes over its socket."""
+
+
+class Outlet(Protocol):
+    """The connection a parked stream writes to (``server.py``)."""
+
+    def parkable(self) -> bool:
+        """Whether the stream may park now."""
+
+    def write(self, data: bytes) -> bool:
+        """Write ``data`` without waiting; whether all of it went. False: what is left
+        waits for the stream to resume (or its client is gone, and it will end)."""
+
+    def resume(self) -> None:
+        """Run the parked stream again, where it parked."""
+
 REPORT_SECONDS = 1.0
 """How often at most a live stream moves its count of events sent into the metrics, and
 samples its delivery lag (also when it idles or ends). Under ``eventlog serve`` every metric
@@ -65,6 +95,7 @@ def event_stream(
     expires_at: float | None = None,
     on_end: Callable[[int], None] | None = None,
     budget: ReplayBudget | None = None,
+    outlet: Outlet | None = None,
 ) -> Iterator[bytes]:
     """Yield SSE bytes for events of ``streams`` (names or patterns, ``events.matches``;
     all if empty) with id > ``resume_after``.
@@ -85,6 +116,7 @@ def event_stream(
     ``reads``: replays read from a replica that has reached the hub's cursor (else the
     primary); the head that decides a reset is always read from ``engine``, the primary.
     ``budget``: the worker's bound on all its replays together (none: this stream's alone).
+    ``outlet``: the stream parks while it waits (``PARK``), and writes to it meanwhile.
     """
     subscription: Subscription | None = None
     reader: _Reader | None = None
@@ -103,7 +135,7 @@ def event_stream(
 
         reader = _Reader(
             engine, replay_source, subscription, tuple(subscription.streams), page_size, page_bytes,
-            client_gone, budget or ReplayBudget(2 * page_bytes),
+            client_gone, budget or ReplayBudget(2 * page_bytes), outlet,
         )
         reset = reader.start(resume_after)
         # The first bytes go out at once, so headers flush; by now the subscriber is
@@ -141,6 +173,7 @@ class _Reader:
         page_bytes: int,
         client_gone: Callable[[], bool] | None,
         budget: ReplayBudget,
+        outlet: Outlet | None = None,
     ) -> None:
         self._engine = engine
         self._replay_source = replay_source
@@ -157,6 +190,7 @@ class _Reader:
         self._unreported = 0  # of those, not yet in the metrics
         self._report_at = 0.0  # time.monotonic() of the next live batch's report: the first at once
         self._metrics = metrics.get()
+        self._standin = None if outlet is None else _Standin(self, outlet)
 
     def start(self, resume_after: int | None) -> bytes | None:
         """Place the cursor at the resume point; a ``reset`` frame if it lies beyond the head.
@@ -242,6 +276,9 @@ class _Reader:
     def live(self) -> Iterator[bytes]:
         """Live events from the buffer, and heartbeats, until an overflow or the client leaves."""
         while True:
+            standin = self._standin
+            if standin is not None and standin.outlet.parkable() and self._subscription.park(standin):
+                yield PARK  # resumed when the stand-in cannot go on: the buffer has what is new
             pushed, overflowed = self._subscription.take()
             if self._subscription.expired:
                 self.ended = True  # what it missed is replayed when it comes back with a token
@@ -250,21 +287,34 @@ class _Reader:
                 self._metrics.overflows.inc()
                 return  # dropped events: the caller replays them from SQL, then carries on
             if not pushed:  # the hub's tick: idle for a heartbeat interval
-                self.report()
-                if self._client_gone is not None and self._client_gone():
+                if self.gone():
                     self.ended = True
                     return
                 yield HEARTBEAT
                 continue
             fresh = [f for f in pushed if f.id > self.cursor]
             if fresh:
-                sample = time.monotonic() >= self._report_at
-                if sample:
-                    self._metrics.delivery_lag.observe(time.time() - fresh[0].time.timestamp())
+                sample = self.sample(fresh)
                 yield from self.send(fresh, last_id=fresh[-1].id)
                 if sample:
-                    self.report()
-                    self._report_at = time.monotonic() + REPORT_SECONDS
+                    self.sampled()
+
+    def gone(self) -> bool:
+        """At a heartbeat tick: report, and say whether the client has gone."""
+        self.report()
+        return self._client_gone is not None and self._client_gone()
+
+    def sample(self, fresh: list[Frame]) -> bool:
+        """Whether this live batch is the one to sample (the delivery lag, observed now)
+        and report (``sampled``, once it is written): at most once a ``REPORT_SECONDS``."""
+        if time.monotonic() < self._report_at:
+            return False
+        self._metrics.delivery_lag.observe(time.time() - fresh[0].time.timestamp())
+        return True
+
+    def sampled(self) -> None:
+        self.report()
+        self._report_at = time.monotonic() + REPORT_SECONDS
 
     def send(self, batch: list[Frame], *, last_id: int, paced: bool = False) -> Iterator[bytes]:
         """Write ``batch`` and move the cursor to ``last_id`` (skipped events included);
@@ -278,6 +328,10 @@ class _Reader:
                 for start in range(0, len(chunk), frames.CHUNK_BYTES):
                     yield chunk if len(chunk) <= frames.CHUNK_BYTES else chunk[start : start + frames.CHUNK_BYTES]
                     time.sleep(0)
+        self.sent_through(batch, last_id)
+
+    def sent_through(self, batch: list[Frame], last_id: int) -> None:
+        """``batch`` is written: the cursor moves to ``last_id``."""
         self.cursor = last_id
         self.sent += len(batch)
         self._unreported += len(batch)
@@ -287,3 +341,36 @@ class _Reader:
         if self._unreported:
             self._metrics.delivered.inc(self._unreported)
             self._unreported = 0
+
+
+class _Standin:
+    """Writes a parked stream's live events and heartbeats, as ``_Reader.live`` would, at
+    once and without a greenlet (``hub.Parked``); the reader resumes for anything else."""
+
+    __slots__ = ("_reader", "outlet")
+
+    def __init__(self, reader: _Reader, outlet: Outlet) -> None:
+        self._reader = reader
+        self.outlet = outlet
+
+    def deliver(self, pushed: list[Frame]) -> bool:
+        reader = self._reader
+        fresh = [f for f in pushed if f.id > reader.cursor]
+        if not fresh:
+            return True
+        sample = reader.sample(fresh)
+        # One chunk: the hub hands a parked subscriber at most DIRECT_BYTES at a time.
+        done = self.outlet.write(b"".join(f.wire for f in fresh))
+        # Written, or handed to the outlet to finish first when the stream resumes.
+        reader.sent_through(fresh, fresh[-1].id)
+        if sample:
+            reader.sampled()
+        return done
+
+    def beat(self) -> bool:
+        # The client gone, or a heartbeat that did not fit: the reader's own tick ends the
+        # stream, or writes another heartbeat after the rest of this one.
+        return not self._reader.gone() and self.outlet.write(HEARTBEAT)
+
+    def resume(self) -> None:
+        self.outlet.resume()
