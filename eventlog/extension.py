@@ -360,7 +360,7 @@ class EventLog:
         envelope: bool = False,
         client_gone: Callable[[], bool] | None = None,
         expires_at: float | None = None,
-        on_end: Callable[[int], None] | None = None,
+        on_end: Callable[[int, int], None] | None = None,
         outlet: Outlet | None = None,
     ) -> Iterator[bytes]:
         """The SSE bytes of a live stream with replay (see ``stream.event_stream``); with

@@ -30,15 +30,18 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class Access:
-    """What the access log learns from the app itself: how many events a live stream sent."""
+    """What the access log learns from the app itself: how many events a live stream sent,
+    and the bytes it wrote while parked, which never passed through the response."""
 
-    __slots__ = ("events",)
+    __slots__ = ("events", "parked_bytes")
 
     def __init__(self) -> None:
         self.events: int | None = None
+        self.parked_bytes = 0
 
-    def stream_ended(self, sent: int) -> None:
+    def stream_ended(self, sent: int, parked_bytes: int) -> None:
         self.events = sent
+        self.parked_bytes = parked_bytes
 
 
 def with_access_log(app: WSGIApplication) -> WSGIApplication:
@@ -76,7 +79,7 @@ def _counted(
         close = getattr(body, "close", None)
         if close is not None:
             close()  # ends a live stream, which reports its events to ``access``
-        _log_request(environ, status[0], sent, time.monotonic() - started, access.events)
+        _log_request(environ, status[0], sent + access.parked_bytes, time.monotonic() - started, access.events)
 
 
 def _log_request(

@@ -93,7 +93,7 @@ def event_stream(
     page_bytes: int = 8 * 1024 * 1024,
     client_gone: Callable[[], bool] | None = None,
     expires_at: float | None = None,
-    on_end: Callable[[int], None] | None = None,
+    on_end: Callable[[int, int], None] | None = None,
     budget: ReplayBudget | None = None,
     outlet: Outlet | None = None,
 ) -> Iterator[bytes]:
@@ -112,7 +112,8 @@ def event_stream(
     socket close, so a closed idle stream ends then. Otherwise only a failed write ends it,
     and TCP accepts the first write after a close.
     ``expires_at`` (seconds since the epoch): the stream ends then, even while idle.
-    ``on_end`` is called with the number of events sent when the stream ends (the access log).
+    ``on_end`` is called with the number of events sent when the stream ends, and the bytes
+    written while parked (the access log; the others passed through the response).
     ``reads``: replays read from a replica that has reached the hub's cursor (else the
     primary); the head that decides a reset is always read from ``engine``, the primary.
     ``budget``: the worker's bound on all its replays together (none: this stream's alone).
@@ -157,7 +158,7 @@ def event_stream(
         if reader is not None:
             reader.report()
         if on_end is not None:
-            on_end(0 if reader is None else reader.sent)
+            on_end(0, 0) if reader is None else on_end(reader.sent, reader.parked_bytes)
 
 
 class _Reader:
@@ -187,6 +188,7 @@ class _Reader:
         self.ended = False
         self._told: dict[str, int] = {}  # per stream, the pruned bound a reset reported
         self.sent = 0  # events written
+        self.parked_bytes = 0  # of their bytes, those the stand-in wrote while parked
         self._unreported = 0  # of those, not yet in the metrics
         self._report_at = 0.0  # time.monotonic() of the next live batch's report: the first at once
         self._metrics = metrics.get()
@@ -360,7 +362,9 @@ class _Standin:
             return True
         sample = reader.sample(fresh)
         # One chunk: the hub hands a parked subscriber at most DIRECT_BYTES at a time.
-        done = self.outlet.write(b"".join(f.wire for f in fresh))
+        data = b"".join(f.wire for f in fresh)
+        done = self.outlet.write(data)
+        reader.parked_bytes += len(data)
         # Written, or handed to the outlet to finish first when the stream resumes.
         reader.sent_through(fresh, fresh[-1].id)
         if sample:
@@ -370,7 +374,10 @@ class _Standin:
     def beat(self) -> bool:
         # The client gone, or a heartbeat that did not fit: the reader's own tick ends the
         # stream, or writes another heartbeat after the rest of this one.
-        return not self._reader.gone() and self.outlet.write(HEARTBEAT)
+        if self._reader.gone():
+            return False
+        self._reader.parked_bytes += len(HEARTBEAT)
+        return self.outlet.write(HEARTBEAT)
 
     def resume(self) -> None:
         self.outlet.resume()

@@ -9,6 +9,7 @@ stream still counts as one of the worker's connections.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 import h11
 import httpx
 from conftest import Server, sqlite_database
-from helpers import wait_until
+from helpers import publish, wait_until
 
 from eventlog.sse import Decoder
 
@@ -37,6 +38,7 @@ class ChunkedReader:
         self.decoder = Decoder()
         self.ids: list[int] = []
         self.data: list[str] = []
+        self.body_bytes = 0
         self.ended = False
 
     def read(self) -> None:
@@ -51,6 +53,7 @@ class ChunkedReader:
                 assert event.status_code == 200
                 assert (b"transfer-encoding", b"chunked") in list(event.headers)
             elif isinstance(event, h11.Data):
+                self.body_bytes += len(event.data)
                 for message in self.decoder.feed(bytes(event.data)):
                     self.ids.append(int(message.id))
                     self.data.append(message.data)
@@ -140,3 +143,21 @@ def test_parked_streams_count_against_the_workers_connections(
         for sock in streams:
             sock.close()
     wait_until(lambda: "eventlog_live_subscribers 0.0" in httpx.get(f"{server.url}/metrics").text)
+
+
+def test_the_access_log_counts_what_a_parked_stream_wrote(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """Its line gives the events and the body bytes the client received, though most of
+    them went to the socket while the stream was parked, past the response's own count."""
+    log = tmp_path / "server.log"
+    server = start_server(sqlite_database(tmp_path), args=["--access-log"], log=log, HEARTBEAT_SECONDS=60)
+    sock, reader = open_stream(server)
+    with sock:
+        for n in range(3):
+            publish(server.url, "orders", {"n": n})
+            while len(reader.ids) <= n:
+                reader.read()
+    wait_until(lambda: "stream sent" in log.read_text())
+    line = next(line for line in log.read_text().splitlines() if "stream sent" in line)
+    assert re.search(rf" 200 {reader.body_bytes} bytes in [\d.]+ s, stream sent 3 events$", line), line
