@@ -531,6 +531,8 @@ def with_connection(app: WSGIApplication, *, request_timeout: float) -> WSGIAppl
         environ[CLIENT_GONE] = _ClosedByPeer(client)
         deadline = time.monotonic() + request_timeout
         environ["wsgi.input"] = _TimedBody(environ["wsgi.input"], deadline, request_timeout)
+        if environ["REQUEST_METHOD"] != "GET":  # a publish, say: never a live stream
+            return app(environ, start_response)
         outlet = environ[OUTLET] = _Outlet(client)
         body = app(environ, start_response)
         # A live stream takes the outlet from the environ; other responses go to gunicorn as
