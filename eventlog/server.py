@@ -27,6 +27,7 @@ import os
 import resource
 import shutil
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -174,6 +175,12 @@ class _HeadWithBody:
     def head_sent(self) -> bool:
         return self._held is None
 
+    @property
+    def takeable(self) -> bool:
+        """Whether ``take`` may hand the connection over: a TLS one (gunicorn's ``certfile``)
+        is written through its SSL layer, which a plain socket would bypass."""
+        return not isinstance(self._sock, ssl.SSLSocket)
+
     def sendall(self, data: bytes) -> None:
         if self._held == b"":
             self._held = bytes(data)
@@ -275,7 +282,7 @@ class _Outlet:
 
     def parkable(self) -> bool:
         # Everything before the PARK is written once gunicorn asks for more: the head too.
-        return self._body is not None and self._joined.head_sent
+        return self._body is not None and self._joined.head_sent and self._joined.takeable
 
     def park(self) -> None:
         """The stream parks for the first time: the connection leaves gunicorn."""

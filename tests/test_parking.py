@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import h11
 import httpx
-from conftest import Server, sqlite_database
-from helpers import publish, wait_until
+from conftest import EVENTLOG_BIN, Server, server_env, sqlite_database
+from helpers import free_port, publish, wait_until
 
 from eventlog.sse import Decoder
 
@@ -161,3 +162,34 @@ def test_the_access_log_counts_what_a_parked_stream_wrote(
     wait_until(lambda: "stream sent" in log.read_text())
     line = next(line for line in log.read_text().splitlines() if "stream sent" in line)
     assert re.search(rf" 200 {reader.body_bytes} bytes in [\d.]+ s, stream sent 3 events$", line), line
+
+
+def test_a_tls_stream_stays_encrypted(tmp_path: Path) -> None:
+    """Over TLS (gunicorn's certfile, through GUNICORN_CMD_ARGS) a stream does not park: a
+    parked stream's plain socket would write past the TLS layer. It gets its events as ever."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    port = free_port()
+    env = {**server_env(sqlite_database(tmp_path)), "GUNICORN_CMD_ARGS": f"--certfile {cert} --keyfile {key}"}
+    process = subprocess.Popen([str(EVENTLOG_BIN), "serve", "--port", str(port)], env=env, start_new_session=True)
+    url = f"https://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, verify=False, timeout=httpx.Timeout(10, read=30)) as client:
+            wait_until(lambda: client.get("/healthz", timeout=1).status_code == 200, timeout=30)
+            with client.stream("GET", "/streams/orders/events", headers={"Accept": "text/event-stream"}) as response:
+                decoder, ids = Decoder(), []
+                chunks = response.iter_raw()
+                next(chunks)  # subscribed: its first bytes arrived
+                for n in range(3):
+                    time.sleep(0.3)  # long enough to park, were it allowed to
+                    assert client.post("/streams/orders/events", json={"data": n}).status_code == 201
+                    while len(ids) <= n:
+                        ids.extend(int(m.id) for m in decoder.feed(next(chunks)))
+                assert ids == [1, 2, 3]
+    finally:
+        process.terminate()
+        process.wait(10)
