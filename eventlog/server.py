@@ -259,9 +259,10 @@ class _Lot:
 class _Outlet:
     """A live stream's connection, which it keeps when it parks (``stream.Outlet``).
 
-    Made for each stream (``with_connection``); ``respond`` wraps its response, so that the
-    ``PARK`` it yields takes the socket from gunicorn, and ``resume`` runs it again, in a
-    greenlet of its own, until it parks again or ends.
+    Made for each GET (``with_connection``). A live stream's response goes to gunicorn
+    through it (``respond``): the ``PARK`` the stream yields takes the socket from gunicorn,
+    and ``resume`` runs the stream again, in a greenlet of its own, until it parks again or
+    ends.
     """
 
     __slots__ = ("_joined", "_body", "_close", "_sock", "_rest", "_broken")
@@ -275,10 +276,26 @@ class _Outlet:
         self._broken = False  # a write failed: the client is gone
 
     def respond(self, body: Iterable[bytes]) -> Iterable[bytes]:
-        """``body``, as gunicorn is to write it."""
+        """``body``, as gunicorn is to write it: this outlet iterates it."""
         self._body = iter(body)
         self._close = getattr(body, "close", None)
-        return _Parkable(self)
+        return self
+
+    def __iter__(self) -> _Outlet:
+        return self
+
+    def __next__(self) -> bytes:
+        assert self._body is not None
+        data = next(self._body)
+        if data is PARK:
+            self.park()
+            raise _Parked
+        return data
+
+    def close(self) -> None:
+        """gunicorn ends the response: unless parked, the stream ends with it."""
+        if self._sock is None and self._close is not None:
+            self._close()
 
     def parkable(self) -> bool:
         # Everything before the PARK is written once gunicorn asks for more: the head too.
@@ -332,12 +349,14 @@ class _Outlet:
 
     def end(self) -> None:
         """Close the stream (its own ``finally`` blocks run, the access log's line too) and
-        its connection."""
+        its connection; once."""
         self._joined.lot.parked.discard(self)
-        if self._close is not None:
-            self._close()
-        if self._sock is not None:
-            self._sock.close()
+        close, self._close = self._close, None
+        if close is not None:
+            close()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
             self._joined.lot.leave()
 
     def _framed(self, data: bytes) -> bytes:
@@ -352,32 +371,6 @@ class _Outlet:
                 view = view[self._sock.send(view) :]
             except BlockingIOError:
                 gevent.socket.wait_write(self._sock.fileno())
-
-
-class _Parkable:
-    """The response iterator gunicorn writes from: the stream's, until it parks."""
-
-    __slots__ = ("_outlet",)
-
-    def __init__(self, outlet: _Outlet) -> None:
-        self._outlet = outlet
-
-    def __iter__(self) -> _Parkable:
-        return self
-
-    def __next__(self) -> bytes:
-        outlet = self._outlet
-        assert outlet._body is not None
-        data = next(outlet._body)
-        if data is PARK:
-            outlet.park()
-            raise _Parked
-        return data
-
-    def close(self) -> None:
-        outlet = self._outlet
-        if outlet._sock is None and outlet._close is not None:
-            outlet._close()  # not parked: gunicorn ends the response, and the stream with it
 
 
 class Logger(glogging.Logger):  # type: ignore[misc]
@@ -533,12 +526,13 @@ def with_connection(app: WSGIApplication, *, request_timeout: float) -> WSGIAppl
     def wrapped(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         take_url_tokens(environ)
         client = environ.get("gunicorn.socket")
-        if not isinstance(client, _HeadWithBody):
+        if client is None:
             return app(environ, start_response)
         environ[CLIENT_GONE] = _ClosedByPeer(client)
         deadline = time.monotonic() + request_timeout
         environ["wsgi.input"] = _TimedBody(environ["wsgi.input"], deadline, request_timeout)
-        if environ["REQUEST_METHOD"] != "GET":  # a publish, say: never a live stream
+        # Only a GET may be a live stream; and an HTTP/2 one shares its connection.
+        if environ["REQUEST_METHOD"] != "GET" or not isinstance(client, _HeadWithBody):
             return app(environ, start_response)
         outlet = environ[OUTLET] = _Outlet(client)
         body = app(environ, start_response)
@@ -604,8 +598,8 @@ class _ClosedByPeer:
     belongs to a client that is gone; anything else, data included, counts as still there.
     """
 
-    def __init__(self, client: _HeadWithBody) -> None:
-        self._client = client  # gunicorn's socket, or the one a parked stream took from it
+    def __init__(self, client: _HeadWithBody | socket.socket) -> None:
+        self._client = client  # through _HeadWithBody: the socket a parked stream took too
 
     def __call__(self) -> bool:
         client = self._client
