@@ -1,5 +1,5 @@
-"""``eventlog serve``: gunicorn with gevent workers, so an idle SSE connection costs a
-greenlet (a few kilobytes), not a thread.
+"""``eventlog serve``: gunicorn with gevent workers, so an SSE connection costs a greenlet
+(a few kilobytes) while it writes, and none while it is parked; never a thread.
 
 What gunicorn does below Flask is bounded and answered here:
 - a request head must arrive within ``keepalive`` seconds (of connecting, or of the previous
