@@ -233,6 +233,7 @@ class _Lot:
         self._open = 0
         self._freed = threading.Condition()
         self.parked: set[_Outlet] = set()  # parked now (not running)
+        self.running: set[gevent.Greenlet] = set()  # streams resumed from parking, running now
 
     def enter(self) -> None:
         with self._freed:
@@ -251,7 +252,10 @@ class _Lot:
             self._open += 1
 
     def close(self) -> None:
-        """End every parked stream (the worker is stopping): their clients come back."""
+        """End every stream that has parked (the worker is stopping): their clients come back.
+
+        Those running again are stopped where they wait, as gunicorn stops its handlers."""
+        gevent.killall(list(self.running), timeout=1)
         for outlet in list(self.parked):
             outlet.end()
 
@@ -323,11 +327,15 @@ class _Outlet:
         return True
 
     def resume(self) -> None:
-        self._joined.lot.parked.discard(self)
-        gevent.spawn(self._run)
+        lot = self._joined.lot
+        lot.parked.discard(self)
+        running = gevent.spawn(self._run)
+        lot.running.add(running)
+        running.link(lot.running.discard)
 
     def _run(self) -> None:
         assert self._body is not None
+        parked = False
         try:
             if not self._broken:
                 if self._rest:
@@ -336,6 +344,7 @@ class _Outlet:
                 for data in self._body:
                     if data is PARK:  # the stand-in is back in place: this greenlet ends
                         self._joined.lot.parked.add(self)
+                        parked = True
                         return
                     if data:
                         self._send(self._framed(data))
@@ -345,7 +354,9 @@ class _Outlet:
             pass  # the client has gone
         except Exception:
             log.exception("a live stream failed")
-        self.end()
+        finally:
+            if not parked:  # ended, failed, or stopped with the worker (GreenletExit)
+                self.end()
 
     def end(self) -> None:
         """Close the stream (its own ``finally`` blocks run, the access log's line too) and

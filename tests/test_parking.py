@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import subprocess
 import threading
@@ -193,3 +194,22 @@ def test_a_tls_stream_stays_encrypted(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_a_stopping_worker_ends_every_stream_with_its_access_line(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """On SIGTERM the worker ends its streams, the parked one and the one running again to
+    write into a full socket, each with its line in the access log: none is cut off silently."""
+    log = tmp_path / "server.log"
+    server = start_server(sqlite_database(tmp_path), args=["--access-log"], log=log)
+    parked, _ = open_stream(server)
+    writing, _ = open_stream(server, receive_buffer=4096)
+    with parked, writing:
+        publish_batches(server, 100, 10, 3000)  # 3 MB: more than the full socket takes
+        time.sleep(0.5)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(30)
+    lines = [line for line in log.read_text().splitlines() if "stream sent" in line]
+    assert len(lines) == 2, lines
