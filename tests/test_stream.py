@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import random
 import threading
 import time
@@ -17,7 +18,7 @@ from eventlog.hub import PUSH_SLICE, Hub, Subscription
 from eventlog.notify import LocalNotifier
 from eventlog.sse import Decoder, Message
 from eventlog.store import head
-from eventlog.stream import event_stream
+from eventlog.stream import PARK, event_stream
 
 
 def read_until(stream: Iterator[bytes], last_id: int, timeout: float = 20) -> list[Message]:
@@ -90,7 +91,71 @@ STRATEGIES: dict[str, Callable[[EventLog], Hub]] = {
     "one-event-pages": lambda e: Hub(
         e.engine, e.notifier, poll_seconds=0.05, heartbeat_seconds=0.2, page_size=1
     ),
+    # The default hub, every stream parking while idle (``MemoryOutlet``).
+    "parked": lambda e: Hub(e.engine, e.notifier, poll_seconds=0.05, heartbeat_seconds=0.2),
 }
+
+
+class MemoryOutlet:
+    """A parked stream's outlet in memory (``stream.Outlet``): what the stand-in writes and
+    what the stream yields once resumed go to one queue, in order, and every third write is
+    taken only in part, as a full socket would. One resumed run at a time, as under gevent,
+    where a stream has parked before the greenlet that resumes it can run."""
+
+    def __init__(self) -> None:
+        self.written: queue.Queue[bytes | None] = queue.Queue()
+        self._stream: Iterator[bytes] | None = None
+        self._rest = b""
+        self._writes = 0
+        self._running = threading.Lock()
+        self._closing = False
+
+    def parkable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> bool:
+        self._writes += 1
+        if self._writes % 3:
+            self.written.put(data)
+            return True
+        self.written.put(data[: len(data) // 2])
+        self._rest = data[len(data) // 2 :]
+        return False
+
+    def resume(self) -> None:
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        assert self._stream is not None
+        with self._running:
+            if self._rest:
+                self.written.put(self._rest)
+                self._rest = b""
+            for data in self._stream:
+                if data is PARK or self._closing:
+                    return
+                self.written.put(data)
+            self.written.put(None)
+
+    def drive(self, stream: Iterator[bytes]) -> Iterator[bytes]:
+        """The bytes ``stream`` sends, parked or not."""
+        self._stream = stream
+        self.resume()
+        try:
+            while (data := self.written.get(timeout=20)) is not None:
+                yield data
+        finally:
+            self._closing = True  # a running stream stops at its next write (a heartbeat)
+            with self._running:
+                stream.close()
+
+
+def open_stream(strategy: str, *args: Any, **kwargs: Any) -> Iterator[bytes]:
+    """``event_stream(*args, **kwargs)``, parking with a ``MemoryOutlet`` for "parked"."""
+    if strategy != "parked":
+        return event_stream(*args, **kwargs)
+    outlet = MemoryOutlet()
+    return outlet.drive(event_stream(*args, **kwargs, outlet=outlet))
 
 
 class Racing:
@@ -120,13 +185,13 @@ def test_fan_out_contract(eventlog: EventLog, strategy: str) -> None:
     for i in range(3):
         eventlog.publish("a", i)
     hub = STRATEGIES[strategy](eventlog)
-    stream = event_stream(eventlog.engine, Racing(eventlog, hub), [], 1, retry_ms=100, page_size=1)  # type: ignore[arg-type]
+    stream = open_stream(strategy, eventlog.engine, Racing(eventlog, hub), [], 1, retry_ms=100, page_size=1)
     messages = read_until(stream, 4)
     stream.close()
     assert [(m.id, m.data) for m in messages] == [("2", "1"), ("3", "2"), ("4", '"racing"')]
 
-    only_a = event_stream(eventlog.engine, hub, ["a"], None, retry_ms=100)
-    everything = event_stream(eventlog.engine, hub, [], None, retry_ms=100, envelope=True)
+    only_a = open_stream(strategy, eventlog.engine, hub, ["a"], None, retry_ms=100)
+    everything = open_stream(strategy, eventlog.engine, hub, [], None, retry_ms=100, envelope=True)
     next(only_a), next(everything)
     publishers = [
         threading.Thread(target=publish_many, args=(eventlog, 60, random.Random(n), ["a", "b"]))
@@ -143,7 +208,7 @@ def test_fan_out_contract(eventlog: EventLog, strategy: str) -> None:
 
         wanted = [e.id for e in read_page(conn, EventFilter(streams=("a",), after=4), limit=1000).events]
     assert [int(m.id) for m in read_until(everything, last)] == list(range(5, last + 1))
-    late = event_stream(eventlog.engine, hub, ["a"], None, retry_ms=100)
+    late = open_stream(strategy, eventlog.engine, hub, ["a"], None, retry_ms=100)
     next(late)
     newest = eventlog.publish("a", "late").id
     assert [int(m.id) for m in read_until(only_a, newest)] == [*wanted, newest]
