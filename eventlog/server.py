@@ -163,13 +163,13 @@ class _HeadWithBody:
     Each write is one ``send`` when the socket's buffer has room for it.
     """
 
-    __slots__ = ("_sock", "_held", "lot", "chunked")
+    __slots__ = ("_sock", "_held", "_head", "lot")
 
     def __init__(self, sock: socket.socket, lot: _Lot) -> None:
         self._sock: socket.socket | _socket.socket = sock
         self._held: bytes | None = b""  # b"": nothing sent yet; None: the head went out
+        self._head = b""  # the response's head, for ``take`` (looked at only if a stream parks)
         self.lot = lot
-        self.chunked = False  # whether the response's body is sent in chunks
 
     @property
     def head_sent(self) -> bool:
@@ -183,8 +183,7 @@ class _HeadWithBody:
 
     def sendall(self, data: bytes) -> None:
         if self._held == b"":
-            self._held = bytes(data)
-            self.chunked = b"\r\nTransfer-Encoding: chunked\r\n" in self._held
+            self._held = self._head = bytes(data)
             return
         if self._held:
             data, self._held = self._held + data, None
@@ -207,16 +206,18 @@ class _HeadWithBody:
         self.flush()
         return getattr(self._sock, name)
 
-    def take(self) -> _socket.socket:
-        """The connection, from now on the caller's: gunicorn's socket object lets go of it
-        (its close, later, closes nothing), and every use through this one goes to the
-        returned socket, which never waits (``_ClosedByPeer`` asks it)."""
+    def take(self) -> tuple[_socket.socket, bool]:
+        """The connection, from now on the caller's, and whether the response's body goes in
+        chunks: gunicorn's socket object lets go of it (its close, later, closes nothing),
+        and every use through this one goes to the returned socket, which never waits
+        (``_ClosedByPeer`` asks it)."""
         gunicorns = self._sock
         assert isinstance(gunicorns, socket.socket)
         taken = _socket.socket(fileno=gunicorns.detach())
         taken.setblocking(False)
         self._sock = taken
-        return taken
+        chunked, self._head = b"\r\nTransfer-Encoding: chunked\r\n" in self._head, b""
+        return taken, chunked
 
 
 class _Parked(BaseException):
@@ -269,13 +270,14 @@ class _Outlet:
     ends.
     """
 
-    __slots__ = ("_joined", "_body", "_close", "_sock", "_rest", "_broken")
+    __slots__ = ("_joined", "_body", "_close", "_sock", "_chunked", "_rest", "_broken")
 
     def __init__(self, joined: _HeadWithBody) -> None:
         self._joined = joined
         self._body: Iterator[bytes] | None = None  # the response, once it is known
         self._close: Callable[[], object] | None = None
         self._sock: _socket.socket | None = None  # the connection, once parked
+        self._chunked = False  # whether its body goes in chunks (known once parked)
         self._rest: bytes | memoryview = b""  # written in part: the resumed stream's first
         self._broken = False  # a write failed: the client is gone
 
@@ -307,7 +309,7 @@ class _Outlet:
 
     def park(self) -> None:
         """The stream parks for the first time: the connection leaves gunicorn."""
-        self._sock = self._joined.take()
+        self._sock, self._chunked = self._joined.take()
         self._joined.lot.took()
         self._joined.lot.parked.add(self)
 
@@ -348,7 +350,7 @@ class _Outlet:
                         return
                     if data:
                         self._send(self._framed(data))
-                if self._joined.chunked:
+                if self._chunked:
                     self._send(b"0\r\n\r\n")
         except OSError:
             pass  # the client has gone
@@ -371,7 +373,7 @@ class _Outlet:
             self._joined.lot.leave()
 
     def _framed(self, data: bytes) -> bytes:
-        return b"%X\r\n%s\r\n" % (len(data), data) if self._joined.chunked else data
+        return b"%X\r\n%s\r\n" % (len(data), data) if self._chunked else data
 
     def _send(self, data: bytes | memoryview) -> None:
         """Write all of ``data``, letting the worker's other greenlets run while it waits."""
