@@ -115,7 +115,6 @@ class RedisNotifier(LocalNotifier):
         those that follow within ``gather_seconds`` of that PUBLISH, or while the sender is
         busy, go out as one message covering all their ids: a doorbell only needs the newest id.
         """
-        super().announce(first_id, last_id)
         with self._lock:
             unsent = self._unsent
             self._unsent = (first_id if unsent is None else unsent[0], last_id)
@@ -124,7 +123,11 @@ class RedisNotifier(LocalNotifier):
                     target=self._send, name="eventlog-announcer", daemon=True
                 )
                 self._sender.start()
+        # The sender first: under gevent, woken greenlets run in the order they were woken,
+        # and the other processes' way (PUBLISH, then their read) is the longer one; the
+        # local hub's fan-out would hold the PUBLISH back for a slice of pushes.
         self._wake.set()
+        super().announce(first_id, last_id)
 
     def close(self) -> None:
         self._closed = True
