@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import sqlite_database
 from helpers import wait_until
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.exc import OperationalError
 
 from eventlog import EventFilter, EventLog, IdempotencyConflict, NewEvent
@@ -89,7 +89,10 @@ def test_writer_replaces_its_connection_after_the_server_drops_it(postgres_url: 
     """The writer keeps one connection for single-statement batches. When the database ends
     it (a restart, a failover), the batch on it fails and the next one gets a new connection
     instead of failing on the dead one forever."""
-    engine = make_engine(postgres_url)
+    # Named, so that only this engine's connections end: the session's shared engine keeps its own.
+    engine = make_engine(
+        make_url(postgres_url).update_query_dict({"application_name": "writer-reconnect-test"})
+    )
     announced: list[tuple[int, int]] = []
     writer = Writer(engine, lambda events: announced.append((events[0].id, events[-1].id)))
     assert writer.write(Publish(new_events("a", 1))).events[0].id == 1
@@ -97,7 +100,7 @@ def test_writer_replaces_its_connection_after_the_server_drops_it(postgres_url: 
         ended = admin.execute(
             text(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " WHERE application_name = 'writer-reconnect-test' AND pid <> pg_backend_pid()"
             )
         ).scalar_one()
     assert ended >= 1
