@@ -110,6 +110,11 @@ class Writer:
             if new:
                 # Only now, after the commit: a notification must never outrun its data.
                 self._announce(new)
+                # Let the greenlets this woke run before any response is written: the
+                # announcer (other processes' doorbell) and the local hub's first slice of
+                # deliveries. The writer is still busy meanwhile: publishes arriving now
+                # queue for the next batch, which begins only after this one's callers.
+                time.sleep(0)
         except BaseException as error:  # every caller in the batch learns what happened
             for ticket in batch:
                 ticket.error = error
@@ -119,10 +124,6 @@ class Writer:
             for ticket in batch:
                 ticket.leads = False
                 ticket.ready.set()
-        # Let the greenlets this commit woke run before the leader goes on to its response:
-        # the announcer (other processes' doorbell) and the local hub's first slice of
-        # deliveries, whose latency is the service's, then the batch's other callers.
-        time.sleep(0)
 
     def _hand_over(self) -> None:
         """Make the first queued caller the leader, or the writer idle (under the lock)."""
