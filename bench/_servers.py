@@ -115,6 +115,21 @@ def open_fds(pid: int) -> int | None:
         return None
 
 
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on TCP ``port`` (IPv4 and IPv6), from /proc/net."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as rows:
+                next(rows)  # the header
+                for row in rows:
+                    local, state = row.split()[1], row.split()[3]
+                    count += state == "0A" and int(local.rsplit(":", 1)[1], 16) == port
+        except OSError:
+            continue
+    return count
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a process so far."""
     try:
@@ -305,6 +320,11 @@ class ServerProcess:
         self._log: Any = None
 
     @property
+    def sockets(self) -> int:
+        """How many listening sockets the server has once every worker accepts connections."""
+        return 1
+
+    @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
@@ -321,7 +341,11 @@ class ServerProcess:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise ServerExited(f"{self.name} exited with {self.process.returncode}; {self.exit_hint()}")
-            return len(self.worker_pids()) == self.workers and http_status(self.port, self.ready_path) == 200
+            return (
+                len(self.worker_pids()) == self.workers
+                and listening_sockets(self.port) >= self.sockets
+                and http_status(self.port, self.ready_path) == 200
+            )
 
         wait_until(up, timeout, f"{self.name} on port {self.port}")
         # Every worker answers at least once (each boots its app lazily on first request).
@@ -363,6 +387,12 @@ class ServerProcess:
 
 class EventlogServer(ServerProcess):
     name = "eventlog"
+
+    @property
+    def sockets(self) -> int:
+        # A socket per worker (SO_REUSEPORT): until the last one listens, the kernel hands
+        # every connection to the others, and a scenario's subscribers would pile onto them.
+        return self.workers
 
     def __init__(self, database_url: str, redis_url: str, channel: str, *, workers: int = 2,
                  connections: int = 20000, log_path: Path | None = None,
