@@ -123,8 +123,10 @@ def listening_sockets(port: int) -> int:
             with open(table) as rows:
                 next(rows)  # the header
                 for row in rows:
-                    local, state = row.split()[1], row.split()[3]
-                    count += state == "0A" and int(local.rsplit(":", 1)[1], 16) == port
+                    fields = row.split()
+                    local, state = fields[1], fields[3]
+                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                        count += 1
         except OSError:
             continue
     return count

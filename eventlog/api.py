@@ -64,9 +64,10 @@ IDEMPOTENCY_KEY_MAX = 255
 # Query parameters the live stream reads; anything else is an error, like in the audit query.
 STREAM_PARAMETERS = frozenset({"stream", "last_event_id"})
 CLIENT_GONE = "eventlog.client_gone"
-OUTLET = "eventlog.outlet"
-"""Under ``eventlog serve``, the connection a live stream parks with (``stream.Outlet``)."""
 """WSGI environ key: a server that can tell whether a client has left puts a check here."""
+OUTLET = "eventlog.outlet"
+"""WSGI environ key: under ``eventlog serve``, the connection a live stream parks with
+(``stream.Outlet``)."""
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 OPEN = Rights(publish=(EVERY_STREAM,), subscribe=(EVERY_STREAM,), expires_at=None)
 """The rights of every request when no key is configured."""

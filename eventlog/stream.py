@@ -158,7 +158,8 @@ def event_stream(
         if reader is not None:
             reader.report()
         if on_end is not None:
-            on_end(0, 0) if reader is None else on_end(reader.sent, reader.parked_bytes)
+            sent, parked_bytes = (0, 0) if reader is None else (reader.sent, reader.parked_bytes)
+            on_end(sent, parked_bytes)
 
 
 class _Reader:
